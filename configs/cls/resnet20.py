@@ -1,0 +1,19 @@
+# ResNet-20 (CIFAR-style) on real Fashion-MNIST images: the classification default.
+task = dict(
+    type="cls",
+    model=dict(arch="resnet20", num_classes=10, in_channels=1),
+    data=dict(image_size=28),
+    features=["layer1", "layer2", "layer3"],
+    teacher=dict(epochs=4, batch_size=128, lr=0.1, weight_decay=5e-4, seed=0),
+    eval=dict(batch_size=1000),
+)
+quant = dict(preset="default")
+default_methods = ["fp", "ptq", "real-ptq", "zeroq", "zaq", "zaq-no-feat", "zaq-no-act"]
+# CPU-sized schedules; every other knob keeps the paper's default (zaqbench/engine.py ZAQConfig).
+zaq_cpu = dict(iters=60, batch_size=64, checkpoint_interval=20, calib_batches=4)
+methods = dict(
+    ptq=dict(batch_size=128, calib_batches=4),
+    zeroq=dict(batch_size=128, calib_batches=1, distill_iters=200),
+    zaq=zaq_cpu,
+    **{"real-ptq": dict(batch_size=128, calib_batches=4), "zaq-no-feat": zaq_cpu, "zaq-no-act": zaq_cpu},
+)

@@ -1,0 +1,84 @@
+# Shared settings of the segmentation configs that run on the embedded
+# Fashion-MNIST scenes (128x128, 11 classes: background + 10 items).
+# Files starting with '_' are bases, not models: include them with _base_.
+#
+# data_root is a placeholder: the seg adapter points it at the scenes it builds
+# once into the cache (or at --data-root when that already holds an mmseg
+# img_dir/ + ann_dir/ layout). For a real dataset, change dataset_type and the
+# pipelines, set task.data.scenes=False and pass --data-root.
+crop_size = (128, 128)
+num_classes = 11
+dataset_type = 'FashionScenesDataset'
+data_root = 'data/fashion_scenes'
+
+# Gray scenes replicated to RGB, mostly black background: normalised with the
+# train scenes' own pixel statistics, so real inputs are ~N(0, 1) per channel
+# like the generator's output (its last layer is a BatchNorm without affine).
+data_preprocessor = dict(
+    type='SegDataPreProcessor',
+    mean=[16.33] * 3,
+    std=[51.10] * 3,
+    bgr_to_rgb=True,
+    pad_val=0,
+    seg_pad_val=255,
+    size=crop_size)
+norm_cfg = dict(type='BN', requires_grad=True)
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(
+    batch_size=16,
+    num_workers=0,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        data_prefix=dict(img_path='img_dir/train', seg_map_path='ann_dir/train'),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=16,
+    num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        data_prefix=dict(img_path='img_dir/val', seg_map_path='ann_dir/val'),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+test_evaluator = val_evaluator
+
+# The teacher's recipe (mmseg's IterBasedTrainLoop), sized for a 2-core CPU.
+max_iters = MAX_ITERS
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=2e-3, weight_decay=1e-4))
+param_scheduler = [dict(type='PolyLR', eta_min=1e-5, power=0.9, begin=0, end=max_iters, by_epoch=False)]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
+val_cfg = None
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    sampler_seed=dict(type='DistSamplerSeedHook'))
+
+task = dict(
+    type='seg',
+    input_size=crop_size,
+    eval=dict(max_samples=None),
+    teacher=dict(seed=0, log_interval=50),
+    data=dict(scenes=True, num_train=4000, num_val=500, seed=0, spec=dict(size=128)))
+
+# The decode head's classifier stays in full precision (named explicitly: with
+# an auxiliary head, the last registered conv is the auxiliary classifier,
+# which inference never runs); the first conv of the stem stays FP via first_fp.
+quant = dict(preset='default', first_fp=True, last_fp=False, fp_layers=['decode_head.conv_seg'])
+default_methods = ['fp', 'ptq', 'real-ptq', 'zeroq', 'zaq']

@@ -1,0 +1,1 @@
+"""Small model definitions used by the embedded defaults."""

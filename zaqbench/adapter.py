@@ -1,0 +1,116 @@
+"""The task-adapter interface: the only place a task lives.
+
+An adapter answers six questions and nothing else in the code knows about the
+task: which full-precision model, what an input looks like, which feature maps
+to align, what the raw outputs are, how a model is scored, where real data is.
+The core (engine, methods, quantizer) only ever talks to this interface.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+Nested = Any  # a tensor, or lists / tuples / dicts of them
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model consumes: a (N, channels, height, width) float tensor that is
+    already normalised with ``mean`` / ``std`` (the generator's target)."""
+
+    channels: int
+    height: int
+    width: int
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def shape(self, batch: int) -> tuple[int, int, int, int]:
+        return (batch, self.channels, self.height, self.width)
+
+
+class TaskAdapter(abc.ABC):
+    """Base class for task adapters; register subclasses in ``zaqbench.registry.TASKS``.
+
+    Args:
+        cfg: the whole loaded config (``configs/<task>/<model>.py``, an mmengine
+            ``Config``); the adapter's own fields are in ``cfg.task``, and mm-based
+            adapters also read the OpenMMLab fields (``model``, dataloaders...).
+        model_name: the config's model name (for result rows).
+        data_root: user-supplied data location, or None for the embedded default.
+        cache_dir: where the adapter may cache generated data (shared across runs).
+        device: where models and batches live.
+    """
+
+    #: name of the primary metric, e.g. 'top1', 'bbox_mAP', 'mIoU'
+    metric: str = ""
+
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        model_name: str,
+        data_root: str | None,
+        cache_dir: Path,
+        device: torch.device,
+    ) -> None:
+        self.cfg = cfg
+        self.task_cfg: dict[str, Any] = dict(cfg.get("task", {}))
+        self.model_name = model_name
+        self.data_root = data_root
+        self.cache_dir = Path(cache_dir)
+        self.device = torch.device(device)
+
+    # 1. the full-precision model -------------------------------------------
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module:
+        """The architecture, freshly initialised (no download), on ``self.device``."""
+
+    @abc.abstractmethod
+    def train_teacher(self, model: nn.Module) -> None:
+        """Train ``model`` in place on the real training split (teacher for the suite)."""
+
+    def teacher_key(self) -> dict[str, Any]:
+        """Everything the trained teacher depends on; hashed to name its cache file."""
+        return {"task": type(self).__name__, "model": self.task_cfg.get("model"),
+                "teacher": self.task_cfg.get("teacher"), "dataset": self.dataset_name}
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Load a user checkpoint's weights (strict); override to remap keys."""
+        model.load_state_dict(state, strict=True)
+
+    # 2. the input -----------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def input_spec(self) -> InputSpec:
+        """Shape and normalisation of one model input."""
+
+    # 3. feature maps ----------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def feature_names(self) -> list[str]:
+        """Module names whose outputs are aligned by the feature-level discrepancy,
+        shallow to deep; the last one is also used by the activation regulariser."""
+
+    # 4. raw outputs -------------------------------------------------------------
+    def forward_raw(self, model: nn.Module, x: torch.Tensor) -> Nested:
+        """Raw outputs before post-processing (logits, per-level maps...)."""
+        return model(x)
+
+    # 5. the score ---------------------------------------------------------------
+    @abc.abstractmethod
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Score ``model`` on the evaluation split; must contain ``self.metric``."""
+
+    # 6. real data ---------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def dataset_name(self) -> str:
+        """Short name of the data the model is evaluated on (for result rows)."""
+
+    @abc.abstractmethod
+    def real_batches(self, batch_size: int, num_batches: int, seed: int) -> Iterator[torch.Tensor]:
+        """Normalised training images (no labels) for the real-data reference rows."""

@@ -1,0 +1,70 @@
+"""Safe checkpoint I/O: atomic writes, weights-only reads, clear errors."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write ``obj`` with ``torch.save`` to a temp file and rename: never a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_file(path: str | Path, trust: bool = False, map_location: Any = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True`` unless the user passed --trust-checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' does not exist; check the path given to --checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        if not trust:
+            raise UserError(
+                f"checkpoint '{path}' holds more than weights (e.g. numpy objects in OpenMMLab meta) and "
+                "cannot be loaded weights-only; if you trust its source, rerun with --trust-checkpoint") from None
+        raise UserError(f"checkpoint '{path}' is corrupt or not a PyTorch file: {str(err).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"checkpoint '{path}' is corrupt or not a PyTorch file: {first}") from None
+
+
+def extract_state_dict(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """Accept a bare state dict or the common wrappers ({'state_dict': ...}, {'model': ...})."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"checkpoint '{path}' does not contain a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def describe_key_mismatch(model_keys: set[str], ckpt_keys: set[str], path: str | Path) -> str | None:
+    missing = sorted(model_keys - ckpt_keys)
+    unexpected = sorted(ckpt_keys - model_keys)
+    if not missing and not unexpected:
+        return None
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    return (f"checkpoint '{path}' does not match the model: keys " + "; ".join(parts)
+            + "; check --task/--model or the config")

@@ -1,0 +1,102 @@
+"""ZAQ's two-level discrepancy between P (full precision) and Q (quantized).
+
+* D_o: output level, mean L1 distance between the raw outputs.
+* D_f: feature level, L1 distance between *relation maps* of intermediate
+  features: a spatial map (HW x HW attention) and a channel map (C x C
+  attention), both computed without learnable parameters as in the paper's
+  official code (0.1 * attention(x) + x on channel-L2-normalised features).
+* L_a: activation regulariser, mean |last feature map of P|.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .features import flatten_tensors
+
+RELATION_GAMMA = 0.1  # weight of the attention term, the official code's constant
+
+
+def output_discrepancy(q_out: Any, p_out: Any) -> torch.Tensor:
+    """D_o: mean over output tensors of their mean absolute difference.
+
+    Nested outputs (detection: per-level scores and boxes) count each tensor
+    equally, so a level with many anchors does not drown the others.
+    """
+    q_list, p_list = flatten_tensors(q_out), flatten_tensors(p_out)
+    if len(q_list) != len(p_list) or not q_list:
+        raise ValueError(f"P and Q produced different output structures ({len(p_list)} vs {len(q_list)} tensors)")
+    return torch.stack([F.l1_loss(q, p) for q, p in zip(q_list, p_list)]).mean()
+
+
+def _as_4d(feat: torch.Tensor, pool_size: int) -> torch.Tensor:
+    """(N, C, H, W) with channel-wise L2 normalisation, pooled to at most pool_size^2."""
+    if feat.dim() == 2:
+        feat = feat[:, :, None, None]
+    elif feat.dim() != 4:
+        feat = feat.reshape(feat.shape[0], feat.shape[1], -1, 1)
+    if feat.shape[2] * feat.shape[3] > pool_size * pool_size:
+        feat = F.adaptive_avg_pool2d(feat, (min(feat.shape[2], pool_size), min(feat.shape[3], pool_size)))
+    return F.normalize(feat.float(), dim=1)
+
+
+def spatial_relation(feat: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, HW): each position re-expressed through its HW x HW attention."""
+    x = feat.flatten(2)  # N, C, HW
+    attention = torch.softmax(torch.bmm(x.transpose(1, 2), x), dim=-1)  # N, HW, HW
+    return RELATION_GAMMA * torch.bmm(x, attention.transpose(1, 2)) + x
+
+
+def channel_relation(feat: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, HW) through the C x C attention (softmax over max - energy)."""
+    x = feat.flatten(2)
+    energy = torch.bmm(x, x.transpose(1, 2))  # N, C, C
+    energy = energy.max(dim=-1, keepdim=True).values - energy
+    attention = torch.softmax(energy, dim=-1)
+    return RELATION_GAMMA * torch.bmm(attention, x) + x
+
+
+def layer_discrepancies(
+    q_feats: list[torch.Tensor], p_feats: list[torch.Tensor], pool_size: int = 32
+) -> torch.Tensor:
+    """Per-layer L1(spatial) + L1(channel) between Q's and P's relation maps, shape (L,)."""
+    if len(q_feats) != len(p_feats) or not q_feats:
+        raise ValueError(f"P and Q produced different feature lists ({len(p_feats)} vs {len(q_feats)})")
+    per_layer = []
+    for q, p in zip(q_feats, p_feats):
+        q4, p4 = _as_4d(q, pool_size), _as_4d(p, pool_size)
+        per_layer.append(F.l1_loss(spatial_relation(q4), spatial_relation(p4))
+                         + F.l1_loss(channel_relation(q4), channel_relation(p4)))
+    return torch.stack(per_layer)
+
+
+def layer_weights(per_layer: torch.Tensor, mode: str) -> torch.Tensor:
+    """w_l for D_f = sum_l w_l d_l.
+
+    ``uniform``: w_l = 1 (the official code; alpha scales the sum).
+    ``adaptive``: w_l = L * d_l / sum_k d_k with d detached: layers where Q
+    currently disagrees most with P get more weight; the weights sum to L, so
+    the overall scale matches ``uniform``.
+    """
+    if mode == "uniform":
+        return torch.ones_like(per_layer)
+    if mode == "adaptive":
+        d = per_layer.detach()
+        return len(d) * d / d.sum().clamp_min(1e-12)
+    raise ValueError(f"feature_weights must be 'uniform' or 'adaptive', got {mode!r}")
+
+
+def feature_discrepancy(
+    q_feats: list[torch.Tensor], p_feats: list[torch.Tensor], pool_size: int = 32,
+    weights: str = "uniform",
+) -> torch.Tensor:
+    """D_f = sum_l w_l (L1(spatial_l) + L1(channel_l))."""
+    per_layer = layer_discrepancies(q_feats, p_feats, pool_size)
+    return (layer_weights(per_layer, weights) * per_layer).sum()
+
+
+def activation_regularizer(p_feats: list[torch.Tensor]) -> torch.Tensor:
+    """L_a = mean |last feature map of P| (the generator maximises it)."""
+    return p_feats[-1].abs().mean()

@@ -1,0 +1,58 @@
+"""The ZAQ generator: z ~ N(0, I) -> a normalised image batch of any H x W.
+
+For 32 px it is the official architecture: Linear -> BN -> x2 up ->
+conv3x3(128)+BN+LeakyReLU(0.2) -> x2 up -> conv3x3(64)+BN+LeakyReLU ->
+conv3x3(C) -> Tanh -> BatchNorm(affine=False). Larger inputs get more x2
+stages (each conv3x3(128)+BN+LeakyReLU) so the seed map stays about 8 px,
+which keeps the Linear layer small for detection/segmentation sizes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .adapter import InputSpec
+from .errors import UserError
+
+
+def upsample_stages(height: int, width: int, seed_size: int = 8) -> int:
+    """Number of x2 upsamplings: at least 2 (the official design), more while the
+    seed map would exceed ``seed_size`` and both sides stay divisible."""
+    if height % 4 or width % 4 or height < 8 or width < 8:
+        raise UserError(f"the generator cannot produce {height}x{width} images; "
+                        "height and width must be multiples of 4 and at least 8")
+    stages = max(2, math.ceil(math.log2(min(height, width) / seed_size)))
+    while stages > 2 and (height % 2**stages or width % 2**stages):
+        stages -= 1
+    return stages
+
+
+class Generator(nn.Module):
+    def __init__(self, spec: InputSpec, nz: int = 256, channels: int = 128) -> None:
+        super().__init__()
+        self.nz = nz
+        self.spec = spec
+        stages = upsample_stages(spec.height, spec.width)
+        self.seed_hw = (spec.height // 2**stages, spec.width // 2**stages)
+        self.channels = channels
+        self.project = nn.Linear(nz, channels * self.seed_hw[0] * self.seed_hw[1])
+        self.seed_bn = nn.BatchNorm2d(channels)
+        blocks: list[nn.Module] = []
+        in_ch = channels
+        for i in range(stages):
+            out_ch = channels if i < stages - 1 else channels // 2
+            blocks += [nn.Upsample(scale_factor=2), nn.Conv2d(in_ch, out_ch, 3, 1, 1),
+                       nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.2, inplace=True)]
+            in_ch = out_ch
+        self.blocks = nn.Sequential(*blocks)
+        self.to_image = nn.Sequential(
+            nn.Conv2d(in_ch, spec.channels, 3, 1, 1), nn.Tanh(),
+            nn.BatchNorm2d(spec.channels, affine=False),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, nz) -> (N, C, H, W) in the model's normalised input space."""
+        x = self.project(z).view(z.shape[0], self.channels, *self.seed_hw)
+        return self.to_image(self.blocks(self.seed_bn(x)))

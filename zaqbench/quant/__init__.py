@@ -1,0 +1,23 @@
+"""Fake-quantization core: quantizers, quantized layers, ``quantize_model``."""
+from .fake_quant import FakeQuantizer, affine_qparams, check_bits, quant_range
+from .modules import QuantConv2d, QuantLinear
+from .qconfig import PRESETS, QConfig
+from .quantize import (
+    calibrate_activations,
+    full_precision_layers,
+    load_quantizer_state,
+    quant_layers,
+    quantizable_layers,
+    quantize_model,
+    quantizer_state,
+    reset_act_ranges,
+    set_act_observing,
+    set_quantization,
+)
+
+__all__ = [
+    "FakeQuantizer", "affine_qparams", "check_bits", "quant_range", "QuantConv2d", "QuantLinear",
+    "PRESETS", "QConfig", "calibrate_activations", "full_precision_layers", "load_quantizer_state",
+    "quant_layers", "quantizable_layers", "quantize_model", "quantizer_state", "reset_act_ranges",
+    "set_act_observing", "set_quantization",
+]

@@ -1,0 +1,144 @@
+"""Uniform affine fake quantization with a straight-through estimator.
+
+The rounding and clamping are PyTorch's fused ``fake_quantize_per_tensor_affine``
+/ ``fake_quantize_per_channel_affine`` operators: their backward pass is the
+clipped straight-through estimator (gradient 1 inside the representable range,
+0 outside), which is exactly what quantization-aware fine-tuning needs.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FULL_PRECISION_BITS = (16, 32)
+RANGE_RULES = ("current", "minmax", "ema")
+
+
+def check_bits(bits: int, what: str = "bits") -> int:
+    """Bits must be 2..8, or 16/32 meaning 'leave in full precision'."""
+    if not isinstance(bits, int) or not (2 <= bits <= 8 or bits in FULL_PRECISION_BITS):
+        raise ValueError(f"{what}={bits!r} is not supported; use 2-8, or 16/32 for full precision")
+    return bits
+
+
+def quant_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Integer grid [qmin, qmax] with 2**bits levels."""
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def affine_qparams(
+    lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale (float32) and zero point (int32) mapping [lo, hi] onto the integer grid.
+
+    The range is widened to contain 0 so that zero (padding, ReLU output) is exact.
+    """
+    qmin, qmax = quant_range(bits, symmetric)
+    lo = torch.clamp(lo.float(), max=0.0)
+    hi = torch.clamp(hi.float(), min=0.0)
+    eps = torch.finfo(torch.float32).eps
+    if symmetric:
+        scale = torch.maximum(-lo, hi) / ((qmax - qmin) / 2)
+        scale = torch.clamp(scale, min=eps)
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+    else:
+        scale = torch.clamp((hi - lo) / (qmax - qmin), min=eps)
+        zero_point = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax).to(torch.int32)
+    return scale, zero_point
+
+
+class FakeQuantizer(nn.Module):
+    """Fake-quantizes a tensor to ``bits`` bits.
+
+    Args:
+        bits: 2-8, or 16/32 for identity.
+        symmetric: signed grid centred on 0 (True) or affine grid with a zero point.
+        per_channel: one range per slice along ``ch_axis`` (weights) or one per tensor.
+        range_rule: ``current`` recomputes min/max from every input (weights);
+            ``minmax`` keeps a running min/max that only widens (activations, as in the
+            official ZAQ code); ``ema`` an exponential moving average of batch min/max.
+        momentum: EMA weight of the newest batch.
+
+    The running range is a non-persistent buffer, so quantizing a model does not change
+    its ``state_dict`` keys; :func:`zaqbench.quant.quantizer_state` saves it separately.
+    """
+
+    def __init__(
+        self,
+        bits: int,
+        symmetric: bool,
+        per_channel: bool = False,
+        ch_axis: int = 0,
+        range_rule: str = "minmax",
+        momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if range_rule not in RANGE_RULES:
+            raise ValueError(f"range_rule must be one of {RANGE_RULES}, got {range_rule!r}")
+        if per_channel and range_rule != "current":
+            raise ValueError("per-channel ranges are only supported with range_rule='current'")
+        self.bits = check_bits(bits)
+        self.symmetric = symmetric
+        self.per_channel = per_channel
+        self.ch_axis = ch_axis
+        self.range_rule = range_rule
+        self.momentum = momentum
+        self.enabled = True
+        self.observing = False
+        self.register_buffer("min_val", torch.tensor(float("inf")), persistent=False)
+        self.register_buffer("max_val", torch.tensor(float("-inf")), persistent=False)
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and self.bits not in FULL_PRECISION_BITS
+
+    @property
+    def has_range(self) -> bool:
+        return bool(torch.isfinite(self.min_val)) and bool(torch.isfinite(self.max_val))
+
+    def reset_range(self) -> None:
+        self.min_val.fill_(float("inf"))
+        self.max_val.fill_(float("-inf"))
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        lo, hi = torch.aminmax(x.detach())
+        if not self.has_range:
+            self.min_val.copy_(lo)
+            self.max_val.copy_(hi)
+        elif self.range_rule == "ema":
+            self.min_val.lerp_(lo, self.momentum)
+            self.max_val.lerp_(hi, self.momentum)
+        else:
+            torch.minimum(self.min_val, lo, out=self.min_val)
+            torch.maximum(self.max_val, hi, out=self.max_val)
+
+    def _current_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = x.detach().transpose(0, self.ch_axis).reshape(x.shape[self.ch_axis], -1)
+        if self.per_channel:
+            return torch.aminmax(flat, dim=1)
+        return torch.aminmax(flat)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return x
+        if self.range_rule == "current":
+            lo, hi = self._current_range(x)
+        else:
+            if self.observing or not self.has_range:
+                self.observe(x)
+            lo, hi = self.min_val, self.max_val
+        scale, zero_point = affine_qparams(lo, hi, self.bits, self.symmetric)
+        qmin, qmax = quant_range(self.bits, self.symmetric)
+        if self.per_channel:
+            return torch.fake_quantize_per_channel_affine(
+                x, scale, zero_point, self.ch_axis, qmin, qmax
+            )
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+
+    def extra_repr(self) -> str:
+        kind = "per-channel" if self.per_channel else "per-tensor"
+        sym = "symmetric" if self.symmetric else "asymmetric"
+        return f"bits={self.bits}, {kind}, {sym}, range={self.range_rule}"

@@ -1,0 +1,62 @@
+"""Quantized Conv2d / Linear that stay drop-in replacements of the originals.
+
+They are subclasses of ``nn.Conv2d`` / ``nn.Linear`` built by adopting the
+original module's attributes, so parameter names, ``state_dict`` keys and any
+attribute code reads from the layer (``in_channels``, ``kernel_size``...) are
+unchanged. The input activation is fake-quantized *before* the layer, which is
+where an integer kernel would need it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fake_quant import FakeQuantizer
+
+
+def _adopt(new: nn.Module, old: nn.Module) -> None:
+    """Give ``new`` all state of ``old`` (same tensors, separate containers)."""
+    new.__dict__.update(old.__dict__)
+    new._parameters = old._parameters.copy()
+    new._buffers = old._buffers.copy()
+    new._modules = old._modules.copy()
+
+
+class QuantConv2d(nn.Conv2d):
+    weight_quant: FakeQuantizer
+    act_quant: FakeQuantizer
+
+    @classmethod
+    def from_float(
+        cls, conv: nn.Conv2d, weight_quant: FakeQuantizer, act_quant: FakeQuantizer
+    ) -> "QuantConv2d":
+        q = cls.__new__(cls)
+        _adopt(q, conv)
+        q.weight_quant = weight_quant
+        q.act_quant = act_quant
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.act_quant(x), self.weight_quant(self.weight), self.bias)
+
+
+class QuantLinear(nn.Linear):
+    weight_quant: FakeQuantizer
+    act_quant: FakeQuantizer
+
+    @classmethod
+    def from_float(
+        cls, linear: nn.Linear, weight_quant: FakeQuantizer, act_quant: FakeQuantizer
+    ) -> "QuantLinear":
+        q = cls.__new__(cls)
+        _adopt(q, linear)
+        q.weight_quant = weight_quant
+        q.act_quant = act_quant
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.act_quant(x), self.weight_quant(self.weight), self.bias)
+
+
+QUANT_MODULES = (QuantConv2d, QuantLinear)

@@ -1,0 +1,163 @@
+"""``quantize_model``: turn any ``nn.Module`` into its fake-quantized copy Q.
+
+Conv2d and Linear layers are swapped for :class:`QuantConv2d` / :class:`QuantLinear`
+in place of the originals (same names, same ``state_dict`` keys). Layers are
+chosen by type, never by substrings of attribute names; the ones kept in full
+precision are the first and/or last quantizable layer (in registration order)
+and any whose full name matches a ``fp_layers`` glob pattern.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .bn_fold import fold_bn
+from .fake_quant import FakeQuantizer
+from .modules import QUANT_MODULES, QuantConv2d, QuantLinear
+from .qconfig import QConfig
+
+
+def _swappable(module: nn.Module) -> bool:
+    """Plain Conv2d/Linear, or a subclass that does not change ``forward``
+    (e.g. mmcv's wrappers, which only special-case empty batches)."""
+    if isinstance(module, QUANT_MODULES):
+        return False
+    if isinstance(module, nn.Conv2d):
+        return type(module).forward is nn.Conv2d.forward or type(module).__module__.startswith("mmcv.cnn.bricks.wrappers")
+    if isinstance(module, nn.Linear):
+        return type(module).forward is nn.Linear.forward or type(module).__module__.startswith("mmcv.cnn.bricks.wrappers")
+    return False
+
+
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """Names of the layers ``quantize_model`` can swap, in registration order."""
+    return [name for name, m in model.named_modules() if _swappable(m)]
+
+
+def full_precision_layers(model: nn.Module, qconfig: QConfig) -> list[str]:
+    names = quantizable_layers(model)
+    keep: list[str] = []
+    if names and qconfig.first_fp:
+        keep.append(names[0])
+    if names and qconfig.last_fp:
+        keep.append(names[-1])
+    for pattern in qconfig.fp_layers:
+        matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not matched:
+            raise UserError(f"fp_layers pattern '{pattern}' matches no Conv2d/Linear layer of the model")
+        keep += matched
+    return sorted(set(keep), key=names.index)
+
+
+def _make_quantizers(module: nn.Module, qconfig: QConfig) -> tuple[FakeQuantizer, FakeQuantizer]:
+    weight_quant = FakeQuantizer(
+        qconfig.wbits, qconfig.w_symmetric, per_channel=qconfig.w_granularity == "channel",
+        ch_axis=0, range_rule="current",
+    )
+    act_quant = FakeQuantizer(
+        qconfig.abits, qconfig.a_symmetric, per_channel=False,
+        range_rule=qconfig.a_range, momentum=qconfig.a_momentum,
+    )
+    device = next(module.parameters()).device
+    return weight_quant.to(device), act_quant.to(device)
+
+
+def quantize_model(
+    model: nn.Module, qconfig: QConfig, example_input: torch.Tensor | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Return (Q, info): a quantized deep copy of ``model`` and what was done.
+
+    ``example_input`` is needed only for BN folding (to find conv->BN pairs).
+    ``info`` lists quantized and full-precision layer names and folded pairs.
+    """
+    qmodel = copy.deepcopy(model)
+    folded: list[tuple[str, str]] = []
+    if qconfig.bn_fold:
+        if example_input is None:
+            raise ValueError("bn_fold=True needs example_input to find conv->BN pairs")
+        folded = fold_bn(qmodel, example_input)
+    keep_fp = set(full_precision_layers(qmodel, qconfig))
+    modules = dict(qmodel.named_modules())
+    quantized: list[str] = []
+    for name in quantizable_layers(qmodel):
+        if name in keep_fp:
+            continue
+        layer = modules[name]
+        wq, aq = _make_quantizers(layer, qconfig)
+        cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
+        qlayer = cls.from_float(layer, wq, aq)
+        parent_name, _, attr = name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else qmodel, attr, qlayer)
+        quantized.append(name)
+    info = {"quantized": quantized, "full_precision": sorted(keep_fp), "bn_folded_pairs": folded}
+    return qmodel, info
+
+
+def quant_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    for name, m in model.named_modules():
+        if isinstance(m, QUANT_MODULES):
+            yield name, m
+
+
+def set_quantization(model: nn.Module, weight: bool | None = None, act: bool | None = None) -> None:
+    """Switch weight and/or activation fake-quantization on or off (None = leave as is)."""
+    for _, m in quant_layers(model):
+        if weight is not None:
+            m.weight_quant.enabled = weight
+        if act is not None:
+            m.act_quant.enabled = act
+
+
+def set_act_observing(model: nn.Module, on: bool) -> None:
+    """Calibrate (update activation ranges on every forward) or freeze them."""
+    for _, m in quant_layers(model):
+        m.act_quant.observing = on
+
+
+def reset_act_ranges(model: nn.Module) -> None:
+    for _, m in quant_layers(model):
+        m.act_quant.reset_range()
+
+
+@torch.no_grad()
+def calibrate_activations(model: nn.Module, batches, forward=None) -> int:
+    """Reset and recompute activation ranges from ``batches``; ranges are frozen after.
+
+    ``forward(model, x)`` runs the model (default ``model(x)``); the model runs in
+    eval mode so BN statistics are not disturbed. Returns the number of batches.
+    """
+    forward = forward or (lambda m, x: m(x))
+    was_training = model.training
+    model.eval()
+    reset_act_ranges(model)
+    set_act_observing(model, True)
+    n = 0
+    try:
+        for x in batches:
+            forward(model, x)
+            n += 1
+    finally:
+        set_act_observing(model, False)
+        model.train(was_training)
+    return n
+
+
+def quantizer_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Activation ranges (not in ``state_dict``) for checkpoints."""
+    state = {}
+    for name, m in quant_layers(model):
+        state[f"{name}.act_quant.min_val"] = m.act_quant.min_val.detach().clone()
+        state[f"{name}.act_quant.max_val"] = m.act_quant.max_val.detach().clone()
+    return state
+
+
+@torch.no_grad()
+def load_quantizer_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for name, m in quant_layers(model):
+        m.act_quant.min_val.copy_(state[f"{name}.act_quant.min_val"])
+        m.act_quant.max_val.copy_(state[f"{name}.act_quant.max_val"])

@@ -1,0 +1,231 @@
+"""The benchmark runner behind ``tools/run_task.py``.
+
+Loads ``configs/<task>/<model>.py``, builds the task adapter, gets the teacher
+(trained once and cached, or a user checkpoint), runs each method at each bit
+width, evaluates it through the adapter, prints a table and appends one row
+per run to ``results/<task>.csv``. A run that fails writes no row.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .errors import UserError
+from .methods import MethodOutput, RunContext
+from .quant import QConfig
+from .registry import METHODS, TASKS, build_method, build_task, method_class, task_class
+from .results import COLUMNS, append_rows, check_writable, git_commit, now_iso
+from .teacher import get_teacher
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FP_BITS = 32
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ZAQBENCH_CACHE", Path.home() / ".cache" / "zaqbench"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Run zaqbench methods on one task/model and append result rows.")
+    p.add_argument("--task", required=True, help="task adapter name (e.g. cls, det, seg)")
+    p.add_argument("--model", default=None, help="config name under configs/<task>/ (default: the task's default)")
+    p.add_argument("--config", default=None, help="explicit config file (overrides --model lookup)")
+    p.add_argument("--method", default=None, help="comma-separated methods (default: all the config lists)")
+    p.add_argument("--bits", default=None, help="comma-separated WbAb widths, e.g. 8,6,4 (W8A8, W6A6, W4A4)")
+    p.add_argument("--wbits", type=int, default=None, help="weight bits (2-8, 16/32 = full precision)")
+    p.add_argument("--abits", type=int, default=None, help="activation bits (2-8, 16/32 = full precision)")
+    p.add_argument("--quant-preset", default=None, help="quantization preset: default or zaq-code")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--checkpoint", default=None, help="full-precision weights to use instead of the cached teacher")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow arbitrary unpickling of --checkpoint (only for files you trust)")
+    p.add_argument("--data-root", default=None, help="real data location (default: the embedded data)")
+    p.add_argument("--out", default=None, help="results CSV (default: results/<task>.csv)")
+    p.add_argument("--work-dir", default=None, help="run folders for checkpoints and loss curves")
+    p.add_argument("--resume", action="store_true", help="continue interrupted ZAQ runs from their checkpoints")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config fields, e.g. methods.zaq.iters=10 task.eval.max_samples=500")
+    return p
+
+
+def parse_cfg_options(items: Sequence[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise UserError(f"malformed --cfg-options item '{item}'; expected KEY=VALUE, e.g. methods.zaq.iters=10")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        options[key] = value
+    return options
+
+
+def config_path(task: str, model: str | None, explicit: str | None, cfg_root: Path) -> Path:
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise UserError(f"config file '{explicit}' does not exist")
+        return path
+    folder = cfg_root / task
+    available = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+    model = model or (available[0] if len(available) == 1 else None) or _default_model(folder)
+    path = folder / f"{model}.py"
+    if not path.is_file():
+        raise UserError(f"unknown model '{model}' for task '{task}'; valid models: {', '.join(available) or '(none)'}")
+    return path
+
+
+def _default_model(folder: Path) -> str | None:
+    marker = folder / "DEFAULT"
+    return marker.read_text().strip() if marker.is_file() else None
+
+
+def parse_bits(args: argparse.Namespace) -> list[tuple[int, int]]:
+    try:
+        if args.bits:
+            widths = [int(b) for b in args.bits.split(",") if b.strip()]
+            pairs = [(b, b) for b in widths]
+        else:
+            pairs = [(args.wbits or 4, args.abits or 4)]
+    except ValueError:
+        raise UserError(f"--bits must be comma-separated integers, got '{args.bits}'") from None
+    for w, a in pairs:
+        QConfig(wbits=w, abits=a)  # validates: 2-8 or 16/32
+    return pairs
+
+
+def load_config(path: Path, options: dict[str, Any]):
+    from mmengine.config import Config
+
+    try:
+        cfg = Config.fromfile(str(path))
+    except Exception as err:  # noqa: BLE001 - any parse/import error of the user's config
+        msg = str(err).strip().splitlines()
+        raise UserError(f"cannot load config '{path}': {msg[-1] if msg else type(err).__name__}") from None
+    if options:
+        try:
+            cfg.merge_from_dict(options)
+        except Exception as err:  # noqa: BLE001
+            raise UserError(f"cannot apply --cfg-options: {err}") from None
+    return cfg
+
+
+def short_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def method_list(arg: str | None, cfg) -> list[str]:
+    names = [m.strip() for m in arg.split(",") if m.strip()] if arg else list(cfg.get("default_methods", []))
+    if not names:
+        names = sorted(METHODS.module_dict)
+    for name in names:
+        method_class(name)
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(build_parser().parse_args(argv))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; no result row was written for the unfinished run", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    task_class(args.task)  # unknown task -> one line listing the valid ones
+    path = config_path(args.task, args.model, args.config, REPO_ROOT / "configs")
+    model_name = path.stem
+    cfg = load_config(path, parse_cfg_options(args.cfg_options))
+    if cfg.get("task", {}).get("type", args.task) != args.task:
+        raise UserError(f"config '{path}' is for task '{cfg.task.type}', not '{args.task}'")
+    methods = method_list(args.method, cfg)
+    bit_pairs = parse_bits(args)
+    quant_cfg = dict(cfg.get("quant", {}))
+    if args.quant_preset:
+        quant_cfg["preset"] = args.quant_preset
+    base_qconfig = QConfig.from_dict(quant_cfg)
+    out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{args.task}.csv"
+    check_writable(out)
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        raise UserError(f"device '{args.device}' is not usable here: {str(err).splitlines()[0]}") from None
+    method_cfgs = {name: dict(cfg.get("methods", {}).get(name, {})) for name in methods}
+    for name in methods:  # unknown method options fail before any training
+        build_method(name, **method_cfgs[name])
+
+    cache_dir = default_cache_dir()
+    adapter = build_task(args.task, cfg=cfg, model_name=model_name, data_root=args.data_root,
+                         cache_dir=cache_dir, device=device)
+    torch.manual_seed(args.seed)
+    print(f"[zaqbench] {args.task}/{model_name}: preparing the full-precision model", file=sys.stderr)
+    teacher, teacher_source = get_teacher(adapter, args.task, cache_dir, args.checkpoint, args.trust_checkpoint)
+    fp_metrics = adapter.evaluate(teacher)
+    fp_value = fp_metrics[adapter.metric]
+    print(f"[zaqbench] FP {adapter.metric} = {fp_value:.4f} (teacher: {teacher_source})", file=sys.stderr)
+
+    work_root = Path(args.work_dir) if args.work_dir else REPO_ROOT / "work_dirs"
+    commit = git_commit()
+    printed: list[dict[str, Any]] = []
+    jobs = [(name, FP_BITS, FP_BITS) for name in methods if name == "fp"]
+    jobs += [(name, w, a) for (w, a) in bit_pairs for name in methods if name != "fp"]
+    for name, wbits, abits in jobs:
+        qconfig = base_qconfig.with_bits(wbits, abits)
+        method = build_method(name, **method_cfgs[name])
+        chash = short_hash({"model": model_name, "task": cfg.get("task"), "quant": qconfig.to_dict(),
+                            "method": name, "method_cfg": method.cfg, "teacher": teacher_source})
+        run_dir = work_root / args.task / model_name / f"{name}-w{wbits}a{abits}-s{args.seed}-{chash}"
+        ctx = RunContext(adapter, teacher, qconfig, args.seed, run_dir, args.resume, not args.no_progress)
+        print(f"[zaqbench] {name} W{wbits}A{abits} ...", file=sys.stderr)
+        torch.manual_seed(args.seed)
+        start = time.perf_counter()
+        result: MethodOutput = method.run(ctx)
+        metrics = fp_metrics if result.model is teacher else adapter.evaluate(result.model)
+        seconds = time.perf_counter() - start
+        protocol = qconfig.protocol(result.calib_data) if result.quantized else \
+            {**qconfig.protocol("none"), "w_granularity": "fp", "first_last_fp": "all"}
+        row = {
+            "task": args.task, "model": model_name, "dataset": adapter.dataset_name, "method": name,
+            "wbits": wbits, "abits": abits, "metric": adapter.metric,
+            "value": round(metrics[adapter.metric], 4), "fp_value": round(fp_value, 4),
+            "extra_metrics": json.dumps({k: round(v, 4) for k, v in metrics.items() if k != adapter.metric}),
+            "iters": result.iters, "seed": args.seed, "seconds": round(seconds, 1), **protocol,
+            "quant_preset": quant_cfg.get("preset", "default"), "config_hash": chash,
+            "device": str(device), "commit": commit, "date": now_iso(),
+        }
+        append_rows(out, [row])
+        printed.append(row)
+        print(f"[zaqbench] {name} W{wbits}A{abits}: {adapter.metric} = {row['value']:.4f} "
+              f"({seconds:.0f}s)", file=sys.stderr)
+    print_table(printed)
+    print(f"[zaqbench] {len(printed)} row(s) appended to {out}", file=sys.stderr)
+    return 0
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    import pandas as pd
+
+    if not rows:
+        return
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df["bits"] = "W" + df["wbits"].astype(str) + "A" + df["abits"].astype(str)
+    df["% of FP"] = (100 * df["value"] / df["fp_value"]).round(1)
+    view = df[["model", "method", "bits", "metric", "value", "% of FP", "calib_data", "seconds"]]
+    print(view.to_string(index=False))

@@ -1,0 +1,68 @@
+"""ZeroQ's distilled data (Cai et al., CVPR 2020).
+
+Random inputs are optimised so that, at every BatchNorm layer of the
+full-precision model, the batch mean and standard deviation of the layer's
+input match the running statistics stored in the layer. The result is a
+calibration batch that needs no real data.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .adapter import TaskAdapter
+
+
+def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            and m.running_mean is not None]
+
+
+def bn_statistics_loss(model: nn.Module, x: torch.Tensor,
+                       forward: Callable[[nn.Module, torch.Tensor], object]) -> torch.Tensor:
+    """Sum over BN layers of ||mu_batch - mu_run||_2 + ||sigma_batch - sigma_run||_2,
+    plus the same for the input against N(0, 1) (the normalised data's statistics)."""
+    terms: list[torch.Tensor] = []
+
+    def hook(module, inputs):
+        feat = inputs[0]
+        dims = [d for d in range(feat.dim()) if d != 1]
+        mean = feat.mean(dim=dims)
+        std = torch.sqrt(feat.var(dim=dims, unbiased=False) + module.eps)
+        terms.append(torch.norm(mean - module.running_mean, 2)
+                     + torch.norm(std - torch.sqrt(module.running_var + module.eps), 2))
+
+    handles = [m.register_forward_pre_hook(hook) for m in bn_layers(model)]
+    try:
+        forward(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    if not terms:
+        raise ValueError("the model has no BatchNorm layer with running statistics; ZeroQ needs one")
+    dims = [0, 2, 3]
+    input_term = torch.norm(x.mean(dim=dims), 2) + torch.norm(x.std(dim=dims) - 1, 2)
+    return torch.stack(terms).sum() + input_term
+
+
+def distill_batch(adapter: TaskAdapter, teacher: nn.Module, batch_size: int, iters: int, lr: float,
+                  rng: torch.Generator, progress: bool = True) -> tuple[torch.Tensor, list[float]]:
+    """One distilled batch of shape ``adapter.input_spec.shape(batch_size)`` and its loss curve."""
+    teacher.eval()
+    x = torch.randn(adapter.input_spec.shape(batch_size), generator=rng, device=adapter.device)
+    x.requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=max(1, iters // 10))
+    curve = []
+    for _ in tqdm(range(iters), desc="zeroq distill", disable=not progress, leave=False):
+        loss = bn_statistics_loss(teacher, x, adapter.forward_raw)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step(loss.item())
+        curve.append(loss.item())
+    return x.detach(), curve
