@@ -34,13 +34,13 @@ LOADERS = {"train": "train_dataloader", "test": "test_dataloader"}
 
 # -- helpers ---------------------------------------------------------------------
 def _plain(obj: Any) -> Any:
-    """ConfigDicts (and nested ones) as plain dicts/lists, e.g. for hashing."""
+    """ConfigDicts (and nested ones) as plain dicts, e.g. for hashing or building."""
     if hasattr(obj, "to_dict"):
         obj = obj.to_dict()
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+    if isinstance(obj, (list, tuple)):  # tuples stay tuples: mmcv transforms insist on them
+        return type(obj)(_plain(v) for v in obj)
     return obj
 
 
@@ -53,6 +53,22 @@ def mmdet_scope() -> Iterator[None]:
     register_all_modules(init_default_scope=False)
     with DefaultScope.overwrite_default_scope("mmdet"):
         yield
+
+
+@contextmanager
+def _quiet_mmengine() -> Iterator[None]:
+    """Silence mmengine's INFO logging for the block (restored afterwards)."""
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def without_pretrained(cfg: Any) -> Any:
@@ -124,7 +140,8 @@ class DetectionAdapter(TaskAdapter):
         except KeyError as err:  # unknown type names in the config
             raise UserError(f"cannot build detector '{self.model_name}': {_first_line(err)}") from None
         model = revert_sync_batchnorm(model)  # SyncBN needs a process group; BN does the same on one device
-        model.init_weights()
+        with _quiet_mmengine():  # init_weights logs one line per parameter
+            model.init_weights()
         self._check_features(model)
         return model.to(self.device)
 

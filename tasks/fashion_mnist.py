@@ -30,13 +30,13 @@ def _has_files(folder: Path) -> bool:
 
 
 def _candidates(data_root: str | None) -> list[Path]:
-    found = []
-    for root in (data_root, os.environ.get("ZAQBENCH_DATA")):
-        if root:
-            root = Path(root)
-            found += [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
-    found.append(DEBIAN_DIR)
-    return found
+    """An explicit --data-root is the only place looked at: a wrong path is an error,
+    not a silent fallback to other data."""
+    root = data_root or os.environ.get("ZAQBENCH_DATA")
+    if root:
+        root = Path(root)
+        return [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
+    return [DEBIAN_DIR]
 
 
 def find_fashion_mnist(data_root: str | None = None, download_dir: Path | None = None) -> Path:
@@ -44,7 +44,7 @@ def find_fashion_mnist(data_root: str | None = None, download_dir: Path | None =
     for folder in _candidates(data_root):
         if _has_files(folder):
             return folder
-    if download_dir is not None:
+    if download_dir is not None and not (data_root or os.environ.get("ZAQBENCH_DATA")):
         try:  # only works on machines with internet
             from torchvision.datasets import FashionMNIST
 

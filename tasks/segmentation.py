@@ -170,10 +170,11 @@ class SegmentationAdapter(TaskAdapter):
     """mmseg segmentors on the Fashion-MNIST scenes or any mmseg dataset.
 
     ``cfg.task`` fields: ``input_size`` (H, W) of generated images; ``features``
-    (module names, default the backbone stages); ``eval.max_samples``;
-    ``teacher`` (``seed``, ``log_interval``); ``data`` (``scenes`` True for the
-    embedded scenes with ``num_train``, ``num_val``, ``seed``, ``spec`` =
-    :class:`tasks.scenes.SceneSpec` fields, and an optional ``name``).
+    (module names, default the backbone stages); ``eval`` (``max_samples``,
+    ``num_workers``); ``teacher`` (``seed``, ``log_interval``, ``num_workers``);
+    ``data`` (``scenes`` True for the embedded scenes with ``num_train``,
+    ``num_val``, ``seed``, ``spec`` = :class:`tasks.scenes.SceneSpec` fields;
+    an optional ``name`` for result rows).
     Metrics are mmseg's: percent (0-100).
     """
 
@@ -189,20 +190,23 @@ class SegmentationAdapter(TaskAdapter):
 
     # 1. the model ----------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        """Random init (``init_weights``), SyncBN reverted to BN for one process."""
+        """Random init, no download; SyncBN reverted to BN so one process runs it."""
+        from mmengine.config import ConfigDict
         from mmengine.model import revert_sync_batchnorm
 
         with mmseg_scope():
             from mmseg.registry import MODELS
 
-            model_cfg = without_downloads(plain(self.cfg.model))
+            # ConfigDict: mmseg reads e.g. ``test_cfg.mode`` as attributes
+            model_cfg = ConfigDict(without_downloads(plain(self.cfg.model)))
             try:
                 model = MODELS.build(model_cfg)
             except (KeyError, TypeError) as err:
                 raise UserError(f"cannot build the segmentor of config '{self.model_name}': "
                                 f"{_first_line(err)}") from None
+        # No init_weights() here: PyTorch's default init is enough for a model that is
+        # loaded or trained next, and the Runner calls init_weights() before training.
         model = revert_sync_batchnorm(model)
-        model.init_weights()
         resolve_modules(model, self.feature_names)  # bad feature names fail now, not mid-run
         return model.to(self.device)
 
@@ -215,12 +219,13 @@ class SegmentationAdapter(TaskAdapter):
         teacher = dict(self.task_cfg.get("teacher") or {})
         seed = int(teacher.get("seed", 0))
         loader = dict(plain(self.cfg.train_dataloader))
-        loader.update(dataset=self._dataset("train"), num_workers=int(teacher.get("num_workers", 0)))
-        loader.pop("persistent_workers", None)  # only valid with workers
+        workers = int(teacher.get("num_workers", 0))
+        loader.update(dataset=self._dataset("train"), num_workers=workers, persistent_workers=workers > 0)
         train_cfg = plain(self.cfg.train_cfg)
         train_cfg.pop("val_interval", None)
         hooks = plain(self.cfg.get("default_hooks", {}))
-        hooks.update(checkpoint=None, visualization=None)
+        hooks.pop("visualization", None)  # no val loop to visualise
+        hooks["checkpoint"] = None  # the core caches the weights
         if "log_interval" in teacher:
             hooks["logger"] = dict(type="LoggerHook", interval=int(teacher["log_interval"]),
                                    log_metric_by_epoch=False)
@@ -308,9 +313,10 @@ class SegmentationAdapter(TaskAdapter):
         return str(self.cfg.test_dataloader.dataset.type)
 
     def real_batches(self, batch_size: int, num_batches: int, seed: int) -> Iterator[torch.Tensor]:
-        """Train-split images through the train pipeline and the model's preprocessor."""
+        """Train-split images through the train pipeline and the model's preprocessor;
+        every batch is full, passes over the split repeat (reshuffled) as needed."""
         loader, preprocess = self._real_loader(batch_size, seed)
-        return _preprocessed(loader, preprocess, num_batches, self.device)
+        return _preprocessed(loader, preprocess, num_batches, self.device, seed)
 
     # -- data plumbing ----------------------------------------------------------------------------
     def data_root_for_scenes(self) -> Path:
@@ -359,8 +365,9 @@ class SegmentationAdapter(TaskAdapter):
         if self._test_loader is None:
             from mmengine.runner import Runner
 
-            cfg = dict(plain(self.cfg.test_dataloader), dataset=self._dataset("test"), num_workers=0)
-            cfg.pop("persistent_workers", None)  # only valid with workers
+            workers = int((self.task_cfg.get("eval") or {}).get("num_workers", 0))
+            cfg = dict(plain(self.cfg.test_dataloader), dataset=self._dataset("test"),
+                       num_workers=workers, persistent_workers=workers > 0)
             with mmseg_scope():
                 self._test_loader = Runner.build_dataloader(cfg)
         return self._test_loader
@@ -374,24 +381,35 @@ class SegmentationAdapter(TaskAdapter):
 
             loader = Runner.build_dataloader(dict(
                 batch_size=batch_size, num_workers=0, dataset=dataset,
-                sampler=dict(type="DefaultSampler", shuffle=True, seed=seed)))
+                sampler=dict(type="InfiniteSampler", shuffle=True, seed=seed)))  # reshuffles each pass
             preprocess = MODELS.build(plain(self.cfg.model.data_preprocessor))
         return loader, preprocess.to(self.device)
 
 
-def _preprocessed(loader, preprocess: nn.Module, num_batches: int,
-                  device: torch.device) -> Iterator[torch.Tensor]:
-    """Normalised (N, 3, H, W) batches; epochs repeat (reshuffled) until ``num_batches``."""
-    produced, epoch = 0, 0
-    while produced < num_batches:
-        loader.sampler.set_epoch(epoch)
-        for data in loader:
-            if produced == num_batches:
-                return
-            with torch.no_grad():
-                yield preprocess(data, training=True)["inputs"].to(device)
-            produced += 1
-        epoch += 1
+def _preprocessed(loader, preprocess: nn.Module, num_batches: int, device: torch.device,
+                  seed: int) -> Iterator[torch.Tensor]:
+    """The first ``num_batches`` normalised (N, 3, H, W) batches of an endless loader.
+
+    mmcv's augmentations draw from numpy's global RNG: each batch is loaded
+    under its own seed (and the caller's RNG state is put back), so the same
+    seed gives the same batches.
+    """
+    batches = iter(loader)
+    for i in range(num_batches):
+        with _numpy_seeded(seed * 100_003 + i):
+            data = next(batches)
+        with torch.no_grad():
+            yield preprocess(data, training=True)["inputs"].to(device)
+
+
+@contextmanager
+def _numpy_seeded(seed: int) -> Iterator[None]:
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def _first_line(err: BaseException) -> str:

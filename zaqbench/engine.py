@@ -119,6 +119,8 @@ class ZAQTrainer:
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.qmodel = qmodel
+        for p in self.qmodel.parameters():  # Q is a copy of P, which may have been frozen
+            p.requires_grad_(True)
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         torch.manual_seed(seed)
         self.generator = Generator(adapter.input_spec, cfg.nz, cfg.generator_channels).to(self.device)

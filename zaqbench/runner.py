@@ -160,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
     if args.quant_preset:
         quant_cfg["preset"] = args.quant_preset
     base_qconfig = QConfig.from_dict(quant_cfg)
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise UserError(f"checkpoint '{args.checkpoint}' does not exist; check the path given to --checkpoint")
     out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{args.task}.csv"
     check_writable(out)
     try:

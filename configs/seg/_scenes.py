@@ -1,6 +1,8 @@
 # Shared settings of the segmentation configs that run on the embedded
 # Fashion-MNIST scenes (128x128, 11 classes: background + 10 items).
 # Files starting with '_' are bases, not models: include them with _base_.
+# Self-contained (no 'mmseg::' base), so the default model loads even where
+# mmengine cannot resolve package-scoped configs.
 #
 # data_root is a placeholder: the seg adapter points it at the scenes it builds
 # once into the cache (or at --data-root when that already holds an mmseg
@@ -58,12 +60,17 @@ val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
 # The teacher's recipe (mmseg's IterBasedTrainLoop), sized for a 2-core CPU.
-max_iters = MAX_ITERS
+max_iters = 1500
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=2e-3, weight_decay=1e-4))
 param_scheduler = [dict(type='PolyLR', eta_min=1e-5, power=0.9, begin=0, end=max_iters, by_epoch=False)]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
 val_cfg = None
 test_cfg = dict(type='TestLoop')
+default_scope = 'mmseg'
+env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+               dist_cfg=dict(backend='nccl'))
+log_processor = dict(by_epoch=False)
+log_level = 'INFO'
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),

@@ -2,7 +2,7 @@
 # the 128x128 Fashion-MNIST scenes: the seg task's default model, sized so the
 # teacher trains on a 2-core CPU in a few minutes. BN layers are trained
 # (norm_eval=False), so ZeroQ's BN-statistics baseline has real statistics.
-_base_ = ['mmseg::_base_/default_runtime.py', './_scenes.py']
+_base_ = ['./_scenes.py']
 
 model = dict(
     type='EncoderDecoder',
@@ -11,8 +11,8 @@ model = dict(
     backbone=dict(
         type='ResNetV1c',
         depth=18,
-        stem_channels=16,
-        base_channels=16,  # stages: 16, 32, 64, 128 channels
+        stem_channels=8,
+        base_channels=8,  # stages: 8, 16, 32, 64 channels
         num_stages=4,
         out_indices=(0, 1, 2, 3),
         dilations=(1, 1, 2, 4),
@@ -24,9 +24,9 @@ model = dict(
         init_cfg=None),
     decode_head=dict(
         type='ASPPHead',
-        in_channels=128,
+        in_channels=64,
         in_index=3,
-        channels=64,
+        channels=32,
         dilations=(1, 3, 6, 9),  # on the 16x16 stride-8 map of a 128x128 input
         dropout_ratio=0.1,
         num_classes={{_base_.num_classes}},
@@ -40,7 +40,7 @@ task = dict(features=['backbone.layer1', 'backbone.layer2', 'backbone.layer3', '
 
 # CPU-sized budgets (the core supplies every other knob with the paper's defaults).
 methods = dict(
-    zaq=dict(batch_size=BATCH, iters=ITERS),
+    zaq=dict(batch_size=16, iters=200),
     ptq=dict(batch_size=16, calib_batches=4),
-    zeroq=dict(batch_size=16, distill_iters=DISTILL),
+    zeroq=dict(batch_size=16, distill_iters=200),
     **{'real-ptq': dict(batch_size=16, calib_batches=4)})

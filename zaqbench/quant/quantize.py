@@ -81,7 +81,8 @@ def quantize_model(
         if example_input is None:
             raise ValueError("bn_fold=True needs example_input to find conv->BN pairs")
         folded = fold_bn(qmodel, example_input)
-    keep_fp = set(full_precision_layers(qmodel, qconfig))
+    fp_names = full_precision_layers(qmodel, qconfig)
+    keep_fp = set(fp_names)
     modules = dict(qmodel.named_modules())
     quantized: list[str] = []
     for name in quantizable_layers(qmodel):
@@ -94,7 +95,7 @@ def quantize_model(
         parent_name, _, attr = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else qmodel, attr, qlayer)
         quantized.append(name)
-    info = {"quantized": quantized, "full_precision": sorted(keep_fp), "bn_folded_pairs": folded}
+    info = {"quantized": quantized, "full_precision": fp_names, "bn_folded_pairs": folded}
     return qmodel, info
 
 

@@ -1,0 +1,24 @@
+# The two commands of the README, plus helpers. Every target does its own set-up
+# (tools/setup_env.sh is idempotent and takes seconds once the environment exists).
+PY := .venv/bin/python
+TASK ?= cls
+MODEL ?=
+ARGS ?=
+
+.PHONY: setup test bench run tables regenerate clean
+
+setup:
+	bash tools/setup_env.sh
+
+test: setup
+	$(PY) -m pytest tests
+
+# The main job: every method on the classification default (ResNet-20 on Fashion-MNIST), W4A4.
+bench: setup
+	$(PY) tools/run_task.py --task cls --model resnet20 $(ARGS)
+
+run: setup
+	$(PY) tools/run_task.py --task $(TASK) $(if $(MODEL),--model $(MODEL)) $(ARGS)
+
+clean:
+	rm -rf work_dirs .pytest_cache

@@ -1,0 +1,44 @@
+# FCN (a second segmentor family: plain conv head, no ASPP) with the same small
+# dilated ResNetV1c-18 on the 128x128 Fashion-MNIST scenes.
+_base_ = ['./_scenes.py']
+
+model = dict(
+    type='EncoderDecoder',
+    data_preprocessor={{_base_.data_preprocessor}},
+    pretrained=None,
+    backbone=dict(
+        type='ResNetV1c',
+        depth=18,
+        stem_channels=8,
+        base_channels=8,  # stages: 8, 16, 32, 64 channels
+        num_stages=4,
+        out_indices=(0, 1, 2, 3),
+        dilations=(1, 1, 2, 4),
+        strides=(1, 2, 1, 1),
+        norm_cfg={{_base_.norm_cfg}},
+        norm_eval=False,
+        style='pytorch',
+        contract_dilation=True,
+        init_cfg=None),
+    decode_head=dict(
+        type='FCNHead',
+        in_channels=64,
+        in_index=3,
+        channels=32,
+        num_convs=2,
+        concat_input=True,
+        dropout_ratio=0.1,
+        num_classes={{_base_.num_classes}},
+        norm_cfg={{_base_.norm_cfg}},
+        align_corners=False,
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+    train_cfg=dict(),
+    test_cfg=dict(mode='whole'))
+
+task = dict(features=['backbone.layer1', 'backbone.layer2', 'backbone.layer3', 'backbone.layer4'])
+
+methods = dict(
+    zaq=dict(batch_size=16, iters=200),
+    ptq=dict(batch_size=16, calib_batches=4),
+    zeroq=dict(batch_size=16, distill_iters=200),
+    **{'real-ptq': dict(batch_size=16, calib_batches=4)})

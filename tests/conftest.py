@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny, seeded, network-free data and models."""
+from __future__ import annotations
+
+import gzip
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">I", 0x0800 | array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_fashion_mnist(folder: Path, n_train: int = 96, n_test: int = 48, seed: int = 0) -> Path:
+    """Tiny Fashion-MNIST look-alike: class k is a bright square at a class-specific place,
+    so a small model can learn it in a few steps."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 40, (n, 28, 28))
+        for i, k in enumerate(labels):
+            r, c = divmod(int(k), 5)
+            images[i, 4 + 12 * r: 12 + 12 * r, 2 + 5 * c: 6 + 5 * c] = 255
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fmnist_root(tmp_path_factory) -> Path:
+    return make_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield
+
+
+def tiny_cls_config(**task_overrides):
+    from mmengine.config import Config
+
+    task = dict(type="cls", model=dict(arch="resnet20", num_classes=10, in_channels=1, width=4),
+                data=dict(image_size=16), features=["layer1", "layer2", "layer3"],
+                teacher=dict(epochs=1, batch_size=32, lr=0.05), eval=dict(batch_size=64))
+    task.update(task_overrides)
+    return Config(dict(task=task, quant=dict(preset="default")))
+
+
+@pytest.fixture
+def cls_adapter(fmnist_root, tmp_path):
+    import tasks  # noqa: F401 - registers adapters
+    from zaqbench.registry import build_task
+
+    return build_task("cls", cfg=tiny_cls_config(), model_name="tiny", data_root=str(fmnist_root),
+                      cache_dir=tmp_path / "cache", device=torch.device("cpu"))

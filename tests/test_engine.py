@@ -1,0 +1,115 @@
+import json
+
+import pytest
+import torch
+
+from zaqbench.engine import DivergenceError, ZAQConfig, ZAQTrainer
+from zaqbench.quant import QConfig, quantize_model
+from zaqbench.zeroq import bn_statistics_loss, distill_batch
+
+
+def tiny_zaq(**kw):
+    base = dict(iters=2, q_steps=2, batch_size=4, nz=16, generator_channels=16, checkpoint_interval=1,
+                calib_batches=1, q_lr=0.01)
+    base.update(kw)
+    return ZAQConfig(**base)
+
+
+def make_trainer(adapter, teacher, work_dir, cfg, seed=0):
+    torch.manual_seed(seed)
+    q, _ = quantize_model(teacher, QConfig(wbits=4, abits=4))
+    return ZAQTrainer(adapter, teacher, q, cfg, work_dir, seed=seed, progress=False)
+
+
+def test_two_iterations_change_q_and_g_and_leave_p(cls_adapter, tmp_path):
+    teacher = cls_adapter.build_model().eval()
+    p_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    trainer = make_trainer(cls_adapter, teacher, tmp_path, tiny_zaq())
+    q_before = {k: v.clone() for k, v in trainer.qmodel.state_dict().items()}
+    g_before = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
+    trainer.run()
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in p_before.items())
+    assert any(not torch.equal(v, trainer.qmodel.state_dict()[k]) for k, v in q_before.items())
+    assert any(not torch.equal(v, trainer.generator.state_dict()[k]) for k, v in g_before.items())
+    lines = (tmp_path / "losses.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["iter"] for ln in lines] == [1, 2]
+    assert (tmp_path / "generator.pth").exists()
+
+
+def test_resume_reproduces_uninterrupted_run(cls_adapter, tmp_path):
+    teacher = cls_adapter.build_model().eval()
+    full = make_trainer(cls_adapter, teacher, tmp_path / "full", tiny_zaq(iters=4, recalibrate_at_end=False))
+    full.run()
+    half = make_trainer(cls_adapter, teacher, tmp_path / "half", tiny_zaq(iters=4, recalibrate_at_end=False))
+    real_step = half.step
+
+    def killed_in_third_iteration():
+        if half.iteration == 2:
+            raise SystemExit("killed")  # like SIGKILL: nothing after the last checkpoint survives
+        return real_step()
+
+    half.step = killed_in_third_iteration
+    with pytest.raises(SystemExit):
+        half.run()
+    resumed = make_trainer(cls_adapter, teacher, tmp_path / "half", tiny_zaq(iters=4, recalibrate_at_end=False))
+    resumed.run(resume=True)
+    assert resumed.iteration == 4
+    for k, v in full.qmodel.state_dict().items():
+        assert torch.allclose(v, resumed.qmodel.state_dict()[k], atol=1e-6), k
+    for k, v in full.generator.state_dict().items():
+        assert torch.allclose(v, resumed.generator.state_dict()[k], atol=1e-6), k
+    iters = [json.loads(ln)["iter"] for ln in (tmp_path / "half" / "losses.jsonl").read_text().splitlines()]
+    assert iters == [1, 2, 3, 4]
+
+
+def test_checkpoint_is_weights_only_loadable(cls_adapter, tmp_path):
+    trainer = make_trainer(cls_adapter, cls_adapter.build_model().eval(), tmp_path, tiny_zaq(iters=1))
+    trainer.run()
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert state["iteration"] == 1 and "opt_q" in state and "rng" in state
+
+
+def test_nan_guard_fires_and_keeps_last_good_checkpoint(cls_adapter, tmp_path):
+    teacher = cls_adapter.build_model().eval()
+    trainer = make_trainer(cls_adapter, teacher, tmp_path, tiny_zaq(iters=3))
+    real_step = trainer.step
+
+    def poisoned_step():
+        losses = real_step()
+        if trainer.iteration == 2:
+            losses["loss_q"] = float("nan")
+        return losses
+
+    trainer.step = poisoned_step
+    with pytest.raises(DivergenceError, match="iteration 2"):
+        trainer.run()
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["iteration"] == 1
+
+
+def test_resume_with_other_config_is_refused(cls_adapter, tmp_path):
+    teacher = cls_adapter.build_model().eval()
+    make_trainer(cls_adapter, teacher, tmp_path, tiny_zaq(iters=1)).run()
+    other = make_trainer(cls_adapter, teacher, tmp_path, tiny_zaq(iters=1, alpha=0.5))
+    with pytest.raises(Exception, match="different ZAQ config"):
+        other.run(resume=True)
+
+
+def test_zeroq_distillation_reduces_bn_loss(cls_adapter):
+    teacher = cls_adapter.build_model()
+    teacher.train()
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(5):
+            teacher(torch.randn(16, 1, 16, 16) * 0.5 + 0.3)
+    teacher.eval()
+    rng = torch.Generator().manual_seed(0)
+    x0 = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    before = bn_statistics_loss(teacher, x0, lambda m, t: m(t)).item()
+    x, curve = distill_batch(cls_adapter, teacher, 8, 30, 0.1, rng, progress=False)
+    after = bn_statistics_loss(teacher, x, lambda m, t: m(t)).item()
+    assert after < 0.5 * before
+    assert curve[-1] < curve[0]
+
+
+def test_unknown_zaq_option_is_an_error():
+    with pytest.raises(Exception, match="unknown ZAQ option"):
+        ZAQConfig.from_dict({"itres": 3})

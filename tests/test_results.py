@@ -1,0 +1,70 @@
+import csv
+import multiprocessing as mp
+
+import pytest
+
+from zaqbench.errors import UserError
+from zaqbench.results import COLUMNS, append_rows, check_writable
+
+
+def row(i):
+    return {c: f"{c}{i}" for c in COLUMNS}
+
+
+def _append_many(path, start):
+    for i in range(start, start + 10):
+        append_rows(path, [row(i)])
+
+
+def test_append_writes_header_once(tmp_path):
+    path = tmp_path / "r.csv"
+    append_rows(path, [row(0)])
+    append_rows(path, [row(1), row(2)])
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["method0", "method1", "method2"]
+
+
+def test_concurrent_appends_lose_nothing(tmp_path):
+    path = tmp_path / "r.csv"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(path, 100 * k)) for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40 and len({r["seed"] for r in rows}) == 40
+
+
+def test_schema_mismatch_is_refused(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="header"):
+        append_rows(path, [row(0)])
+    assert path.read_text() == "a,b\n1,2\n"
+
+
+def test_bad_row_keys_rejected(tmp_path):
+    with pytest.raises(ValueError):
+        append_rows(tmp_path / "r.csv", [{"task": "x"}])
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_unwritable_out(tmp_path):
+    with pytest.raises(UserError, match="directory"):
+        check_writable(tmp_path)
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    try:
+        import os
+        if os.geteuid() != 0:  # root can write anywhere
+            with pytest.raises(UserError, match="not writable"):
+                check_writable(tmp_path / "ro" / "r.csv")
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="cannot create"):
+        check_writable(blocker / "sub" / "r.csv")

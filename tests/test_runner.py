@@ -1,0 +1,113 @@
+"""The runner end to end on tiny settings, and every bad input: one line, exit 2, no row."""
+import argparse
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import tasks  # noqa: F401
+from zaqbench.runner import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["task.model.width=4", "task.data.image_size=16", "task.teacher.epochs=1", "task.teacher.batch_size=32",
+        "methods.zaq.iters=2", "methods.zaq.batch_size=4", "methods.zaq.q_steps=1", "methods.zaq.calib_batches=1",
+        "methods.zeroq.distill_iters=3", "methods.zeroq.batch_size=8", "methods.ptq.batch_size=8",
+        "methods.real-ptq.batch_size=8"]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, fmnist_root):
+    monkeypatch.setenv("ZAQBENCH_CACHE", str(tmp_path / "cache"))
+    return {"root": str(fmnist_root), "out": tmp_path / "out.csv", "work": str(tmp_path / "work")}
+
+
+def run(env, *extra, options=TINY):
+    args = ["--task", "cls", "--model", "resnet20", "--data-root", env["root"], "--out", str(env["out"]),
+            "--work-dir", env["work"], "--no-progress", *extra]
+    return main(args + ["--cfg-options", *options] if options else args)
+
+
+def rows(path):
+    if not Path(path).exists():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_end_to_end_writes_one_row_per_method(env, capsys):
+    assert run(env, "--method", "fp,ptq,real-ptq,zeroq,zaq", "--bits", "8,4") == 0
+    written = rows(env["out"])
+    assert [(r["method"], r["wbits"]) for r in written] == [
+        ("fp", "32"), ("ptq", "8"), ("real-ptq", "8"), ("zeroq", "8"), ("zaq", "8"),
+        ("ptq", "4"), ("real-ptq", "4"), ("zeroq", "4"), ("zaq", "4")]
+    for r in written:
+        assert 0 <= float(r["value"]) <= 100 and r["fp_value"] == written[0]["value"]
+        assert r["dataset"] == "fashion-mnist" and r["metric"] == "top1"
+    assert {r["calib_data"] for r in written} == {"none", "gaussian-noise", "real-train-images",
+                                                   "zeroq-distilled", "zaq-generator"}
+    assert "zaq" in capsys.readouterr().out  # the printed table
+    # the teacher is cached: a second run reuses it
+    cached = list((Path(env["work"]).parent / "cache" / "teachers").glob("cls-resnet20-*.pth"))
+    assert len(cached) == 1
+    torch.load(cached[0], weights_only=True)
+
+
+def expect_error(capsys, code, *needles):
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and errors[0] == lines[-1], lines
+    assert not any("Traceback" in ln for ln in lines)
+    for n in needles:
+        assert n in errors[0], errors[0]
+
+
+def test_bad_task_model_method(env, capsys):
+    expect_error(capsys, main(["--task", "nope"]), "unknown task 'nope'", "cls")
+    expect_error(capsys, run(env, options=None, *["--model", "resnet99"]), "unknown model", "resnet20")
+    expect_error(capsys, run(env, "--method", "fp,bogus"), "unknown method 'bogus'", "zaq")
+    assert rows(env["out"]) == []
+
+
+@pytest.mark.parametrize("bits", [["--wbits", "1"], ["--abits", "9"], ["--bits", "4,12"], ["--bits", "x"]])
+def test_bad_bits(env, capsys, bits):
+    code = run(env, *bits)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and ("2-8" in err or "integers" in err)
+    assert rows(env["out"]) == []
+
+
+def test_bad_checkpoints(env, capsys, tmp_path):
+    expect_error(capsys, run(env, "--checkpoint", str(tmp_path / "missing.pth")), "does not exist")
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    expect_error(capsys, run(env, "--checkpoint", str(corrupt)), "corrupt")
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2), "other.bias": torch.zeros(2)}, wrong)
+    expect_error(capsys, run(env, "--checkpoint", str(wrong)), "does not match", "missing", "unexpected")
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"state_dict": {}, "meta": {"args": argparse.Namespace(lr=0.1)}}, pickled)
+    expect_error(capsys, run(env, "--checkpoint", str(pickled)), "--trust-checkpoint")
+    assert rows(env["out"]) == []
+
+
+def test_bad_data_options_and_out(env, capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env_missing = {**env, "root": str(empty)}
+    expect_error(capsys, run(env_missing, "--method", "fp"), "Fashion-MNIST not found", "dataset-fashion-mnist")
+    expect_error(capsys, run({**env, "root": str(empty / "nowhere")}, "--method", "fp"), "does not exist")
+    expect_error(capsys, run(env, options=["methods.zaq.iters"]), "malformed --cfg-options")
+    expect_error(capsys, run({**env, "out": tmp_path}), "is a directory")
+    expect_error(capsys, run(env, "--method", "zaq", options=["methods.zaq.itres=3"]), "unknown option")
+
+
+def test_task_nope_from_the_command_line():
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "run_task.py"), "--task", "nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "valid tasks:" in lines[0] and "cls" in lines[0]
