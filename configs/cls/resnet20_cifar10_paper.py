@@ -1,0 +1,22 @@
+# Paper-scale run (ZAQ, CVPR 2021, Table 1): CIFAR-10 ResNet-20, W4A4, 300 epochs x 60
+# iterations at batch 256, with the official quantizer. For users with CIFAR-10 and a GPU:
+#   tools/run_task.py --task cls --model resnet20_cifar10_paper --data-root /data/cifar10 \
+#       --checkpoint resnet20_cifar10.pth --device cuda --method fp,ptq,zeroq,zaq
+# (--data-root holds torchvision's cifar-10-batches-py; without --checkpoint a teacher is trained.)
+task = dict(
+    type="cls",
+    model=dict(arch="resnet20", num_classes=10, in_channels=3),
+    data=dict(image_size=32),
+    features=["layer1", "layer2", "layer3"],
+    teacher=dict(epochs=200, batch_size=128, lr=0.1, weight_decay=5e-4, seed=0),
+    eval=dict(batch_size=1000),
+)
+quant = dict(preset="zaq-code")
+default_methods = ["fp", "ptq", "real-ptq", "zeroq", "zaq", "zaq-no-feat", "zaq-no-act"]
+zaq_paper = dict(iters=300 * 60, batch_size=256, q_steps=5, checkpoint_interval=600)
+methods = dict(
+    ptq=dict(batch_size=256, calib_batches=4),
+    zeroq=dict(batch_size=256, calib_batches=1, distill_iters=500),
+    zaq=zaq_paper,
+    **{"real-ptq": dict(batch_size=256, calib_batches=4), "zaq-no-feat": zaq_paper, "zaq-no-act": zaq_paper},
+)

@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Throughput and peak memory of the ZAQ loop, with fake quantization on and off.
+
+    python tools/benchmark_zaq.py --task cls --model resnet20 --batch-size 64 --iters 5
+
+Each mode runs in its own subprocess so its peak memory is its own. The timed
+loop is the real ``ZAQTrainer.step`` on a freshly initialised model (speed does
+not depend on trained weights); the first ``--warmup`` iterations are not timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def measure(args: argparse.Namespace, quant_on: bool) -> dict:
+    import tempfile
+
+    import torch
+
+    import tasks  # noqa: F401
+    from zaqbench.engine import ZAQConfig, ZAQTrainer
+    from zaqbench.quant import QConfig, calibrate_activations, quantize_model, set_quantization
+    from zaqbench.registry import build_task
+    from zaqbench.runner import REPO_ROOT, config_path, default_cache_dir, load_config, parse_cfg_options
+
+    torch.manual_seed(0)
+    cfg = load_config(config_path(args.task, args.model, None, REPO_ROOT / "configs"),
+                      parse_cfg_options(args.cfg_options))
+    device = torch.device(args.device)
+    adapter = build_task(args.task, cfg=cfg, model_name=args.model or args.task, data_root=None,
+                         cache_dir=default_cache_dir(), device=device)
+    teacher = adapter.build_model().eval()
+    qmodel, _ = quantize_model(teacher, QConfig.from_dict(dict(cfg.get("quant", {}))).with_bits(args.bits, args.bits))
+    zcfg = ZAQConfig(batch_size=args.batch_size, iters=args.warmup + args.iters, q_steps=args.q_steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = ZAQTrainer(adapter, teacher, qmodel, zcfg, Path(tmp), seed=0, progress=False)
+        trainer.calibrate(1)
+        set_quantization(qmodel, weight=quant_on, act=quant_on)
+        for _ in range(args.warmup):
+            trainer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        for _ in range(args.iters):
+            trainer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"quant": quant_on, "it_per_s": args.iters / seconds, "s_per_it": seconds / args.iters,
+            "peak_mib": round(peak, 1), "threads": torch.get_num_threads()}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="cls")
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--q-steps", type=int, default=5)
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2, help="alternate off/on this many times; the best is kept")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cfg-options", nargs="+", default=[])
+    p.add_argument("--_child", choices=["on", "off"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._child:
+        print(json.dumps(measure(args, args._child == "on")))
+        return 0
+    results: dict[str, list[dict]] = {"off": [], "on": []}
+    for _ in range(args.repeats):
+        for mode in ("off", "on"):  # interleaved, so machine noise hits both alike
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--_child", mode]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            results[mode].append(json.loads(out.strip().splitlines()[-1]))
+    best = {m: max(r, key=lambda d: d["it_per_s"]) for m, r in results.items()}
+    ratio = best["off"]["it_per_s"] / best["on"]["it_per_s"]
+    print(f"task={args.task} model={args.model} batch={args.batch_size} q_steps={args.q_steps} "
+          f"W{args.bits}A{args.bits} device={args.device} threads={best['on']['threads']}")
+    print("| mode | it/s | s/it | peak memory (MiB) |")
+    print("|---|---|---|---|")
+    for mode, label in (("off", "quantization off"), ("on", "fake-quant on")):
+        b = best[mode]
+        print(f"| {label} | {b['it_per_s']:.3f} | {b['s_per_it']:.2f} | {b['peak_mib']:.0f} |")
+    print(f"overhead ratio (on / off time per iteration): {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
