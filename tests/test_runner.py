@@ -111,3 +111,16 @@ def test_task_nope_from_the_command_line():
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "valid tasks:" in lines[0] and "cls" in lines[0]
+
+
+def test_skip_existing_and_dry_run(env, capsys):
+    assert run(env, "--method", "fp,ptq", "--bits", "8") == 0
+    assert len(rows(env["out"])) == 2
+    capsys.readouterr()
+    assert run(env, "--method", "fp,ptq,real-ptq", "--bits", "8", "--dry-run") == 0
+    plan = capsys.readouterr().out
+    assert plan.count("done, took") == 2 and plan.count("to run") == 1
+    assert run(env, "--method", "fp,ptq,real-ptq", "--bits", "8", "--skip-existing") == 0
+    assert [r["method"] for r in rows(env["out"])] == ["fp", "ptq", "real-ptq"]
+    assert run(env, "--method", "fp,ptq,real-ptq", "--bits", "8", "--skip-existing") == 0
+    assert len(rows(env["out"])) == 3

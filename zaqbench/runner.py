@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +25,7 @@ from .methods import MethodOutput, RunContext
 from .quant import QConfig
 from .registry import METHODS, TASKS, build_method, build_task, method_class, task_class
 from .results import COLUMNS, append_rows, check_writable, git_commit, now_iso
-from .teacher import get_teacher
+from .teacher import get_teacher, teacher_cache_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FP_BITS = 32
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=None, help="run folders for checkpoints and loss curves")
     p.add_argument("--resume", action="store_true", help="continue interrupted ZAQ runs from their checkpoints")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip runs whose row (same config hash, method, bits, seed) is already in --out")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and whether --out already has them")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config fields, e.g. methods.zaq.iters=10 task.eval.max_samples=500")
     return p
@@ -176,6 +180,27 @@ def run(args: argparse.Namespace) -> int:
     cache_dir = default_cache_dir()
     adapter = build_task(args.task, cfg=cfg, model_name=model_name, data_root=args.data_root,
                          cache_dir=cache_dir, device=device)
+    teacher_id = teacher_identity(adapter, args, cache_dir)
+    work_root = Path(args.work_dir) if args.work_dir else REPO_ROOT / "work_dirs"
+    jobs = [(name, FP_BITS, FP_BITS) for name in methods if name == "fp"]
+    jobs += [(name, w, a) for (w, a) in bit_pairs for name in methods if name != "fp"]
+    plan = []
+    for name, wbits, abits in jobs:
+        qconfig = base_qconfig.with_bits(wbits, abits)
+        method = build_method(name, **method_cfgs[name])
+        chash = short_hash({"model": model_name, "task": cfg.get("task"), "quant": qconfig.to_dict(),
+                            "method": name, "method_cfg": method.cfg, "teacher": teacher_id})
+        plan.append(Job(name, wbits, abits, qconfig, method, chash))
+    done = existing_runs(out)
+    if args.dry_run:
+        print_plan(plan, done, args.seed)
+        return 0
+    if args.skip_existing:
+        plan = [j for j in plan if j.key(args.seed) not in done]
+        if not plan:
+            print(f"[zaqbench] every requested run already has a row in {out}", file=sys.stderr)
+            return 0
+
     torch.manual_seed(args.seed)
     print(f"[zaqbench] {args.task}/{model_name}: preparing the full-precision model", file=sys.stderr)
     teacher, teacher_source = get_teacher(adapter, args.task, cache_dir, args.checkpoint, args.trust_checkpoint)
@@ -183,22 +208,16 @@ def run(args: argparse.Namespace) -> int:
     fp_value = fp_metrics[adapter.metric]
     print(f"[zaqbench] FP {adapter.metric} = {fp_value:.4f} (teacher: {teacher_source})", file=sys.stderr)
 
-    work_root = Path(args.work_dir) if args.work_dir else REPO_ROOT / "work_dirs"
     commit = git_commit()
     printed: list[dict[str, Any]] = []
-    jobs = [(name, FP_BITS, FP_BITS) for name in methods if name == "fp"]
-    jobs += [(name, w, a) for (w, a) in bit_pairs for name in methods if name != "fp"]
-    for name, wbits, abits in jobs:
-        qconfig = base_qconfig.with_bits(wbits, abits)
-        method = build_method(name, **method_cfgs[name])
-        chash = short_hash({"model": model_name, "task": cfg.get("task"), "quant": qconfig.to_dict(),
-                            "method": name, "method_cfg": method.cfg, "teacher": teacher_source})
-        run_dir = work_root / args.task / model_name / f"{name}-w{wbits}a{abits}-s{args.seed}-{chash}"
+    for job in plan:
+        name, wbits, abits, qconfig = job.method_name, job.wbits, job.abits, job.qconfig
+        run_dir = work_root / args.task / model_name / f"{name}-w{wbits}a{abits}-s{args.seed}-{job.config_hash}"
         ctx = RunContext(adapter, teacher, qconfig, args.seed, run_dir, args.resume, not args.no_progress)
         print(f"[zaqbench] {name} W{wbits}A{abits} ...", file=sys.stderr)
         torch.manual_seed(args.seed)
         start = time.perf_counter()
-        result: MethodOutput = method.run(ctx)
+        result: MethodOutput = job.method.run(ctx)
         metrics = fp_metrics if result.model is teacher else adapter.evaluate(result.model)
         seconds = time.perf_counter() - start
         protocol = qconfig.protocol(result.calib_data) if result.quantized else \
@@ -209,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
             "value": round(metrics[adapter.metric], 4), "fp_value": round(fp_value, 4),
             "extra_metrics": json.dumps({k: round(v, 4) for k, v in metrics.items() if k != adapter.metric}),
             "iters": result.iters, "seed": args.seed, "seconds": round(seconds, 1), **protocol,
-            "quant_preset": quant_cfg.get("preset", "default"), "config_hash": chash,
+            "quant_preset": quant_cfg.get("preset", "default"), "config_hash": job.config_hash,
             "device": str(device), "commit": commit, "date": now_iso(),
         }
         append_rows(out, [row])
@@ -219,6 +238,59 @@ def run(args: argparse.Namespace) -> int:
     print_table(printed)
     print(f"[zaqbench] {len(printed)} row(s) appended to {out}", file=sys.stderr)
     return 0
+
+
+@dataclass
+class Job:
+    method_name: str
+    wbits: int
+    abits: int
+    qconfig: QConfig
+    method: Any
+    config_hash: str
+
+    def key(self, seed: int) -> tuple[str, str, int, int, int]:
+        """What makes a result row unique: config hash, method, bits and seed."""
+        return (self.config_hash, self.method_name, self.wbits, self.abits, seed)
+
+
+def teacher_identity(adapter, args: argparse.Namespace, cache_dir: Path) -> str:
+    """A stable name for the teacher: its cache file name, or the checkpoint's content hash."""
+    if args.checkpoint:
+        digest = hashlib.sha256()
+        with open(args.checkpoint, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return f"checkpoint:{digest.hexdigest()[:16]}"
+    return "teacher:" + teacher_cache_path(adapter, cache_dir, args.task).name
+
+
+def existing_runs(path: Path) -> dict[tuple, float]:
+    """Keys of the rows already in ``path`` -> their run time in seconds."""
+    import csv
+
+    if not Path(path).exists():
+        return {}
+    done: dict[tuple, float] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                key = (row["config_hash"], row["method"], int(row["wbits"]), int(row["abits"]), int(row["seed"]))
+                done[key] = float(row["seconds"])
+            except (KeyError, TypeError, ValueError):
+                continue  # torn or foreign line: the table tool reports it
+    return done
+
+
+def print_plan(plan: list[Job], done: dict[tuple, float], seed: int) -> None:
+    total = 0.0
+    for job in plan:
+        last = done.get(job.key(seed))
+        total += last or 0.0
+        status = f"done, took {last:.0f}s last time" if last is not None else "to run"
+        print(f"  {job.method_name:12s} W{job.wbits}A{job.abits} seed {seed}  [{job.config_hash}]  {status}")
+    print(f"  ({sum(job.key(seed) in done for job in plan)}/{len(plan)} done; "
+          f"the done ones took {total / 60:.1f} min last time)")
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
