@@ -22,3 +22,11 @@ run: setup
 
 clean:
 	rm -rf work_dirs .pytest_cache
+
+# Issue 6: the full grid (resumable), then tables and plots.
+regenerate: setup
+	$(PY) tools/regenerate.py $(ARGS)
+	$(PY) tools/make_plots.py
+
+tables: setup
+	$(PY) tools/make_tables.py

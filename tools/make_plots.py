@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Plots for ``results/``: metric vs bit width per method, images from the trained
+ZAQ generator, and the ZAQ loss curves of the default run.
+
+    python tools/make_plots.py [--tasks cls,det,seg] [--work-dir work_dirs]
+
+The generator images and loss curves come from the run folders the runner
+wrote (``work_dirs/<task>/<model>/zaq-w4a4-s0-<hash>/generator.pth`` and
+``losses.jsonl``); the newest such folder of each task's default model is used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tools.make_tables import read_rows  # noqa: E402
+
+DEFAULT_MODELS = {"cls": "resnet20", "det": "retinanet", "seg": "deeplabv3"}
+
+
+def plot_bits(task: str, df: pd.DataFrame, out: Path) -> None:
+    df = df[df.method != "fp"].copy()
+    df = df.drop_duplicates(subset=["model", "method", "wbits", "abits", "seed"], keep="last")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (model, method), g in df.groupby(["model", "method"]):
+        agg = g.groupby("wbits")["value"].agg(["mean", "std"]).reset_index().sort_values("wbits")
+        ax.errorbar(agg["wbits"], agg["mean"], yerr=agg["std"].fillna(0), marker="o", capsize=3,
+                    label=f"{method}" if df.model.nunique() == 1 else f"{model} {method}")
+    fp = df["fp_value"].max()
+    ax.axhline(fp, color="k", ls="--", lw=1, label="FP")
+    ax.set_xlabel("bits (WbAb)")
+    ax.set_ylabel(df["metric"].iloc[0])
+    ax.set_title(f"{task}: metric vs bit width")
+    ax.set_xticks(sorted(df["wbits"].unique()))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def newest_run(work_dir: Path, task: str, model: str) -> Path | None:
+    runs = sorted((work_dir / task / model).glob("zaq-w4a4-s0-*/generator.pth"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].parent if runs else None
+
+
+def plot_generated(task: str, model: str, run: Path, out: Path, n: int = 16) -> None:
+    import torch
+    from mmengine.config import Config
+
+    import tasks  # noqa: F401
+    from zaqbench.generator import Generator
+    from zaqbench.registry import build_task
+    from zaqbench.runner import default_cache_dir
+
+    cfg = Config.fromfile(str(ROOT / "configs" / task / f"{model}.py"))
+    adapter = build_task(task, cfg=cfg, model_name=model, data_root=None, cache_dir=default_cache_dir(),
+                         device=torch.device("cpu"))
+    spec = adapter.input_spec
+    state = torch.load(run / "generator.pth", weights_only=True)
+    nz = state["project.weight"].shape[1]
+    channels = state["seed_bn.weight"].shape[0]
+    gen = Generator(spec, nz=nz, channels=channels)
+    gen.load_state_dict(state)
+    gen.eval()
+    with torch.no_grad():
+        x = gen(torch.randn(n, nz, generator=torch.Generator().manual_seed(0)))
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    img = (x * std + mean).clamp(0, 1)
+    cols = 8
+    fig, axes = plt.subplots(n // cols, cols, figsize=(cols * 1.2, n // cols * 1.2))
+    for ax, im in zip(axes.flat, img):
+        ax.imshow(im.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if im.shape[0] == 1 else None)
+        ax.axis("off")
+    fig.suptitle(f"{task}/{model}: images from the trained ZAQ generator (W4A4)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_losses(task: str, run: Path, out: Path) -> None:
+    records = [json.loads(ln) for ln in (run / "losses.jsonl").read_text().splitlines() if ln.strip()]
+    df = pd.DataFrame(records)
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3))
+    for ax, cols in zip(axes, (["loss_q"], ["d_o", "d_f"], ["l_a"])):
+        for c in cols:
+            ax.plot(df["iter"], df[c], label=c)
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{task}: ZAQ losses of the default run (W4A4, seed 0)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", default="cls,det,seg")
+    p.add_argument("--results", default=str(ROOT / "results"))
+    p.add_argument("--work-dir", default=str(ROOT / "work_dirs"))
+    args = p.parse_args()
+    results, work = Path(args.results), Path(args.work_dir)
+    for task in args.tasks.split(","):
+        csv_path = results / f"{task}.csv"
+        if csv_path.exists():
+            rows = read_rows(csv_path, lambda m: print(f"warning: {m}", file=sys.stderr))
+            if rows:
+                plot_bits(task, pd.DataFrame(rows), results / f"{task}_bits.png")
+                print(f"wrote {results / f'{task}_bits.png'}", file=sys.stderr)
+        model = DEFAULT_MODELS.get(task)
+        run = newest_run(work, task, model) if model else None
+        if run is None:
+            print(f"note: no ZAQ W4A4 run of {task}/{model} under {work}; skipping its image and loss plots",
+                  file=sys.stderr)
+            continue
+        plot_generated(task, model, run, results / f"{task}_generated.png")
+        plot_losses(task, run, results / f"{task}_losses.png")
+        print(f"wrote {task}_generated.png and {task}_losses.png from {run}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""Render ``results/{cls,det,seg}.csv`` into ``results/README.md`` (pandas).
+
+Per task: rows = model x method, columns = bit widths, each cell the metric
+(mean ± std over seeds) and its % of the FP reference; the protocol of the
+rows and the commit/date range under each table. The output depends only on
+the CSVs, so rerunning on the committed CSVs reproduces the committed file byte
+for byte. Bad lines (wrong column count, missing columns, unknown task,
+unparsable numbers) are reported as ``file:line: reason`` and skipped.
+
+    python tools/make_tables.py [--results results] [--out results/README.md]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from zaqbench.results import COLUMNS  # noqa: E402
+
+TASKS = {"cls": "Classification", "det": "Detection", "seg": "Segmentation"}
+METHOD_ORDER = ["fp", "ptq", "zeroq", "zaq", "zaq-no-feat", "zaq-no-act", "real-ptq"]
+METHOD_NOTES = {"real-ptq": "real-ptq (reference, uses real data)"}
+PROTOCOL = ["w_granularity", "w_symmetric", "a_symmetric", "a_range", "first_last_fp", "bn_folded", "quant_preset"]
+NUMERIC = {"wbits": int, "abits": int, "value": float, "fp_value": float, "seed": int, "seconds": float,
+           "iters": int}
+
+
+def read_rows(path: Path, warn) -> list[dict]:
+    """Valid rows of one CSV; every invalid line is reported and skipped."""
+    rows: list[dict] = []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return rows
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            warn(f"{path}:1: header lacks column(s) {missing}; rows are read without them")
+        for line_no, fields in enumerate(reader, start=2):
+            if len(fields) != len(header):
+                warn(f"{path}:{line_no}: {len(fields)} fields where the header has {len(header)} "
+                     "(torn or malformed line); skipped")
+                continue
+            row = dict(zip(header, fields))
+            if row.get("task") not in TASKS:
+                warn(f"{path}:{line_no}: unknown task {row.get('task')!r}; skipped")
+                continue
+            try:
+                for col, kind in NUMERIC.items():
+                    if col in row:
+                        row[col] = kind(row[col])
+            except ValueError as err:
+                warn(f"{path}:{line_no}: {err}; skipped")
+                continue
+            if any(c not in row for c in ("model", "method", "wbits", "abits", "value", "fp_value")):
+                warn(f"{path}:{line_no}: lacks a column needed for the table; skipped")
+                continue
+            rows.append(row)
+    return rows
+
+
+def cell(values: pd.Series, fp: pd.Series) -> str:
+    pct = 100 * values / fp
+    if len(values) > 1:
+        return f"{values.mean():.2f} ± {values.std(ddof=1):.2f} ({pct.mean():.1f}%)"
+    return f"{values.iloc[0]:.2f} ({pct.iloc[0]:.1f}%)"
+
+
+def task_section(task: str, df: pd.DataFrame) -> str:
+    df = df.copy()
+    df["bits"] = "W" + df["wbits"].astype(str) + "A" + df["abits"].astype(str)
+    # a rerun of the same cell (new code or config) supersedes the older row
+    df = df.drop_duplicates(subset=["model", "method", "bits", "seed"], keep="last")
+    bit_order = sorted(df.loc[df.method != "fp", "bits"].unique(), key=lambda b: -int(b[1:].split("A")[0]))
+    if not bit_order:
+        bit_order = ["W32A32"]
+    metric = ", ".join(sorted(df["metric"].unique()))
+    lines = [f"## {TASKS[task]} (`{task}`), metric: {metric}", ""]
+    header = ["model", "method", "FP"] + bit_order
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    for (model, method), g in sorted(df.groupby(["model", "method"]),
+                                     key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][1])):
+        fp_cell = cell(g["fp_value"].drop_duplicates(), g["fp_value"].drop_duplicates())
+        cells = [model, METHOD_NOTES.get(method, method), fp_cell.split(" (")[0]]
+        for bits in bit_order:
+            sel = g[g["bits"] == bits]
+            if method == "fp":
+                cells.append("")
+                continue
+            cells.append(cell(sel["value"], sel["fp_value"]) if len(sel) else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Cells: metric (% of the FP teacher of the same run); mean ± std where several seeds exist.")
+    lines.append("")
+    protos = df[df.method != "fp"][[c for c in PROTOCOL if c in df]].drop_duplicates()
+    lines.append("Protocol of the quantized rows:")
+    for _, p in protos.iterrows():
+        lines.append("- " + ", ".join(f"{c}={p[c]}" for c in protos.columns))
+    calib = df[["method", "calib_data"]].drop_duplicates().sort_values("method")
+    lines.append("- calibration data: " + ", ".join(f"{m}: {c}" for m, c in calib.itertuples(index=False)))
+    seeds = sorted(df["seed"].unique())
+    lines.append(f"- seeds: {', '.join(map(str, seeds))}; rows: {len(df)}; "
+                 f"commits: {', '.join(sorted(df['commit'].unique()))}; "
+                 f"dates: {df['date'].min()[:10]} to {df['date'].max()[:10]}; device: "
+                 f"{', '.join(sorted(df['device'].unique()))}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def render(results_dir: Path, warn) -> str:
+    parts = ["# zaqbench results", "",
+             "Generated by `python tools/make_tables.py` from the CSVs in this folder; "
+             "the rows were written by `tools/run_task.py` (see `tools/regenerate.py`).", ""]
+    for task in TASKS:
+        path = results_dir / f"{task}.csv"
+        if not path.exists():
+            continue
+        rows = read_rows(path, warn)
+        if not rows:
+            continue
+        parts.append(task_section(task, pd.DataFrame(rows)))
+        for plot in (f"{task}_bits.png", f"{task}_generated.png", f"{task}_losses.png"):
+            if (results_dir / plot).exists():
+                parts.append(f"![{plot}]({plot})")
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default=str(ROOT / "results"))
+    p.add_argument("--out", default=None, help="default: <results>/README.md; '-' prints")
+    args = p.parse_args()
+    results_dir = Path(args.results)
+    problems: list[str] = []
+    text = render(results_dir, problems.append)
+    for msg in problems:
+        print(f"warning: {msg}", file=sys.stderr)
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        out = Path(args.out) if args.out else results_dir / "README.md"
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
