@@ -152,10 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    task_class(args.task)  # unknown task -> one line listing the valid ones
+    if not args.config:
+        task_class(args.task)  # unknown task -> one line listing the valid ones
     path = config_path(args.task, args.model, args.config, REPO_ROOT / "configs")
     model_name = path.stem
+    # the config may register tasks/methods of its own through mmengine's custom_imports
     cfg = load_config(path, parse_cfg_options(args.cfg_options))
+    task_class(args.task)
     if cfg.get("task", {}).get("type", args.task) != args.task:
         raise UserError(f"config '{path}' is for task '{cfg.task.type}', not '{args.task}'")
     methods = method_list(args.method, cfg)
