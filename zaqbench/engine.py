@@ -189,9 +189,8 @@ class ZAQTrainer:
         d = self._discrepancy(x, p_grad=True)
         loss_g = -d["d_o"] - cfg.alpha * d["d_f"] - cfg.beta * d["l_a"]
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        loss_g.backward(inputs=list(self.generator.parameters()))  # Q's gradients are not needed here
         self.opt_g.step()
-        self.opt_q.zero_grad(set_to_none=True)  # Q's grads from the G step are not used
         self.sched_q.step()
         self.sched_g.step()
         self.iteration += 1
@@ -199,8 +198,9 @@ class ZAQTrainer:
                 "d_f": d["d_f"].item(), "l_a": d["l_a"].item()}
 
     def calibrate(self, batches: int) -> None:
-        """Set Q's activation ranges on generated images (no real data)."""
-        self.generator.eval()
+        """Set Q's activation ranges on generated images (no real data). G stays in train
+        mode, as in the loop, so the images are the ones Q is trained on."""
+        self.generator.train()
         with torch.no_grad():
             samples = [self.sample() for _ in range(batches)]
         calibrate_activations(self.qmodel, samples, self.adapter.forward_raw)

@@ -53,6 +53,18 @@ def distill_batch(adapter: TaskAdapter, teacher: nn.Module, batch_size: int, ite
                   rng: torch.Generator, progress: bool = True) -> tuple[torch.Tensor, list[float]]:
     """One distilled batch of shape ``adapter.input_spec.shape(batch_size)`` and its loss curve."""
     teacher.eval()
+    frozen = [p for p in teacher.parameters() if p.requires_grad]
+    for p in frozen:  # only the inputs are optimised
+        p.requires_grad_(False)
+    try:
+        return _distill(adapter, teacher, batch_size, iters, lr, rng, progress)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _distill(adapter: TaskAdapter, teacher: nn.Module, batch_size: int, iters: int, lr: float,
+             rng: torch.Generator, progress: bool) -> tuple[torch.Tensor, list[float]]:
     x = torch.randn(adapter.input_spec.shape(batch_size), generator=rng, device=adapter.device)
     x.requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=lr)
