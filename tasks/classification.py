@@ -42,7 +42,7 @@ class TensorSplit:
 def _to_tensor(images_uint8: np.ndarray, channels: int, size: int,
                mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """(N, H, W[, C]) uint8 -> normalised (N, channels, size, size) float32."""
-    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).float().div_(255)
+    x = torch.from_numpy(np.array(images_uint8, copy=True)).float().div_(255)
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
     if x.shape[1] != channels:
         x = x.expand(-1, channels, -1, -1) if x.shape[1] == 1 else x.mean(1, keepdim=True)

@@ -113,3 +113,26 @@ def test_zeroq_distillation_reduces_bn_loss(cls_adapter):
 def test_unknown_zaq_option_is_an_error():
     with pytest.raises(Exception, match="unknown ZAQ option"):
         ZAQConfig.from_dict({"itres": 3})
+
+
+def test_ctrl_c_finishes_the_iteration_saves_and_exits(cls_adapter, tmp_path):
+    import os
+    import signal
+
+    from zaqbench.engine import Interrupted
+
+    trainer = make_trainer(cls_adapter, cls_adapter.build_model().eval(), tmp_path,
+                           tiny_zaq(iters=5, checkpoint_interval=100))
+    real_step = trainer.step
+
+    def step_then_ctrl_c():
+        losses = real_step()
+        if trainer.iteration == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return losses
+
+    trainer.step = step_then_ctrl_c
+    with pytest.raises(Interrupted, match="--resume"):
+        trainer.run()
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["iteration"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
