@@ -30,6 +30,7 @@ from zaqbench.registry import TASKS
 from .scenes import SceneSpec, ensure_scenes, scenes_key
 
 LOADERS = {"train": "train_dataloader", "test": "test_dataloader"}
+COCO_SUFFIXES = ("", "_50", "_75", "_s", "_m", "_l")  # CocoMetric's bbox_mAP* items
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -112,8 +113,8 @@ class DetectionAdapter(TaskAdapter):
     ``cfg.task`` fields: ``features`` (module names to align; default the neck),
     ``input_size`` ((H, W) of generated inputs), ``eval`` (``max_samples``),
     ``teacher`` (``seed``, ``log_interval``), ``data`` (``source``: 'scenes' or
-    'coco'; for scenes ``num_train``, ``num_val``, ``seed`` and ``scene``, a
-    :class:`SceneSpec` dict).
+    'coco'; for scenes ``num_train``, ``num_val``, ``seed`` and ``spec``, a
+    :class:`tasks.scenes.SceneSpec` dict).
     """
 
     metric = "bbox_mAP"
@@ -160,18 +161,20 @@ class DetectionAdapter(TaskAdapter):
                 log_processor=dict(by_epoch=True, window_size=self.teacher_cfg.get("log_interval", 50)),
                 randomness=dict(seed=self.teacher_cfg.get("seed", 0)), default_scope="mmdet",
                 env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo")),
-                experiment_name=f"det-{self.model_name}-teacher",
+                experiment_name=f"det-{self.model_name}-teacher-{Path(work_dir).name}",  # unique per run
             )
             runner.train()
         model.eval()
 
     def teacher_key(self) -> dict[str, Any]:
-        fields = ("model", "train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler")
-        return {"task": "det", "teacher": self.teacher_cfg, "data": self._data_identity(),
+        """The architecture, the training data and schedule; not what only affects
+        inference (``test_cfg``) or logging."""
+        model = _plain(self.cfg.model)
+        model.pop("test_cfg", None)
+        fields = ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler")
+        return {"task": "det", "model": model, "data": self._data_identity(),
+                "teacher": {k: v for k, v in self.teacher_cfg.items() if k != "log_interval"},
                 **{f: _plain(self.cfg.get(f)) for f in fields}}
-
-    def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        model.load_state_dict(state, strict=True)
 
     # 2. the input ----------------------------------------------------------------------
     @property
@@ -213,8 +216,10 @@ class DetectionAdapter(TaskAdapter):
                     evaluator.process(data_samples=model.test_step(batch), data_batch=batch)
         finally:
             model.train(was_training)
-        metrics = evaluator.evaluate(len(dataset))
-        return {key.rpartition("/")[2]: float(value) for key, value in metrics.items()}
+        metrics = {key.rpartition("/")[2]: float(value) for key, value in evaluator.evaluate(len(dataset)).items()}
+        if self.metric not in metrics:  # mmdet reports nothing when no image has a single box: AP 0
+            metrics = {f"bbox_mAP{suffix}": 0.0 for suffix in COCO_SUFFIXES}
+        return metrics
 
     def _evaluator(self, dataset):
         """The config's ``test_evaluator``, pointed at the test dataset's annotations
@@ -268,8 +273,8 @@ class DetectionAdapter(TaskAdapter):
         size = self.task_cfg.get("input_size", (128, 128))
         if (not isinstance(size, (list, tuple)) or len(size) != 2
                 or not all(isinstance(s, int) and s >= 32 and s % 4 == 0 for s in size)):
-            raise UserError(f"task.input_size must be (height, width), each a multiple of 4 and at least 32 "
-                            f"(the generator upsamples by 4), got {size}")
+            raise UserError(f"task.input_size must be (height, width), each a multiple of 4 (what the generator "
+                            f"can produce) and at least 32 (the detector's coarsest stride), got {size}")
 
     def _check_features(self, model: nn.Module) -> None:
         names = dict(model.named_modules())
@@ -288,9 +293,12 @@ class DetectionAdapter(TaskAdapter):
 
     def _scenes_settings(self) -> dict[str, Any]:
         try:
-            spec = SceneSpec(**self.data_cfg.get("scene", {}))
+            spec = SceneSpec(**dict(self.data_cfg.get("spec") or {}))
         except TypeError as err:
-            raise UserError(f"task.data.scene: {err}; valid fields: {list(SceneSpec.__dataclass_fields__)}") from None
+            raise UserError(f"task.data.spec: {err}; valid fields: {list(SceneSpec.__dataclass_fields__)}") from None
+        if (spec.size, spec.size) != tuple(self.task_cfg.get("input_size", (128, 128))):
+            raise UserError(f"task.input_size {tuple(self.task_cfg.get('input_size', (128, 128)))} must equal the "
+                            f"scene size ({spec.size}, {spec.size}); set task.data.spec.size")
         return {"num_train": int(self.data_cfg.get("num_train", 4000)),
                 "num_val": int(self.data_cfg.get("num_val", 1000)),
                 "seed": int(self.data_cfg.get("seed", 0)), "spec": spec}
@@ -316,6 +324,9 @@ class DetectionAdapter(TaskAdapter):
         malformed annotation file becomes a one-line ``UserError``."""
         from mmdet.registry import DATASETS
 
+        if LOADERS[split] not in self.cfg:
+            raise UserError(f"config for '{self.model_name}' has no {LOADERS[split]}; a det config needs "
+                            "train_dataloader and test_dataloader sections (as in any mmdet config)")
         cfg = _plain(self.cfg[LOADERS[split]]["dataset"])
         leaf = _leaf_dataset(cfg)
         leaf["data_root"] = str(self.root)

@@ -76,6 +76,11 @@ fi
 
 log "installing zaqbench and its dependencies"
 "${PIP[@]}" install -q -e "$ROOT[all]"
+# mmengine's Config resolves 'mmdet::'/'mmseg::' bases through pkg_resources, which
+# setuptools dropped after 80; torch 2.14 asks for setuptools>=77.0.3.
+"${PIP[@]}" install -q "setuptools>=77.0.3,<81"
+"$VPY" -c "import pkg_resources, mmcv.ops, mmdet, mmseg" 2>/dev/null \
+  || { log "the OpenMMLab stack does not import; see the messages above"; exit 1; }
 
 # Real data for the embedded defaults: Fashion-MNIST from Debian.
 FMNIST=/usr/share/datasets/fashion-mnist

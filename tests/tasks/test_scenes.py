@@ -10,17 +10,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.fashion_mnist import CLASSES, find_fashion_mnist
+from tasks.fashion_mnist import CLASSES
 from tasks.scenes import (SceneSpec, build_scenes, compose_scene, ensure_scenes, generate_scenes,
                           scenes_key)
 from zaqbench.errors import UserError
 
-try:
-    find_fashion_mnist()
-except UserError:
-    pytest.skip("Fashion-MNIST is not installed", allow_module_level=True)
-
 SMALL = SceneSpec(size=64, min_scale=12, max_scale=28)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tiny_fashion_mnist(fmnist_root):
+    """Items come from the conftest's tiny Fashion-MNIST look-alike (no install needed)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ZAQBENCH_DATA", str(fmnist_root))
+        yield
 
 
 def _digest(root: Path) -> str:
