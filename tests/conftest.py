@@ -42,6 +42,15 @@ def fmnist_root(tmp_path_factory) -> Path:
     return make_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Tiny tensors run fastest on one thread, and tests never oversubscribe the CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

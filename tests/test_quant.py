@@ -136,3 +136,17 @@ def test_protocol_records_the_choices():
 def test_quant_layers_listed():
     qmodel, info = quantize_model(resnet20(), QConfig())
     assert [n for n, _ in quant_layers(qmodel)] == info["quantized"]
+
+
+def test_eval_weight_cache_follows_weight_updates():
+    qmodel, _ = quantize_model(resnet20(in_channels=1, width=4), QConfig(wbits=2, abits=8))
+    x = torch.randn(2, 1, 16, 16)
+    calibrate_activations(qmodel, [x])
+    qmodel.eval()
+    with torch.no_grad():
+        first = qmodel(x)
+        assert torch.equal(qmodel(x), first)
+        for p in qmodel.parameters():
+            p.mul_(1.5)  # in-place update, as an optimiser step does
+        assert not torch.allclose(qmodel(x), first)
+    assert torch.allclose(qmodel(x), qmodel(x).detach())  # the grad path agrees with the cache

@@ -15,6 +15,19 @@ from torch import nn
 from .fake_quant import FakeQuantizer
 
 
+def _quantized_weight(layer: nn.Module) -> torch.Tensor:
+    """The fake-quantized weight; without autograd (evaluation) it is cached until the
+    weight tensor changes (its version counter moves on every in-place update)."""
+    if torch.is_grad_enabled() or not layer.weight_quant.active:
+        return layer.weight_quant(layer.weight)
+    key = (layer.weight.data_ptr(), layer.weight._version, layer.weight_quant.bits)
+    cached = layer.__dict__.get("_wq_cache")
+    if cached is None or cached[0] != key:
+        cached = (key, layer.weight_quant(layer.weight))
+        layer.__dict__["_wq_cache"] = cached
+    return cached[1]
+
+
 def _adopt(new: nn.Module, old: nn.Module) -> None:
     """Give ``new`` all state of ``old`` (same tensors, separate containers)."""
     new.__dict__.update(old.__dict__)
@@ -38,7 +51,7 @@ class QuantConv2d(nn.Conv2d):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.act_quant(x), self.weight_quant(self.weight), self.bias)
+        return self._conv_forward(self.act_quant(x), _quantized_weight(self), self.bias)
 
 
 class QuantLinear(nn.Linear):
@@ -56,7 +69,7 @@ class QuantLinear(nn.Linear):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.act_quant(x), self.weight_quant(self.weight), self.bias)
+        return F.linear(self.act_quant(x), _quantized_weight(self), self.bias)
 
 
 QUANT_MODULES = (QuantConv2d, QuantLinear)
