@@ -243,11 +243,13 @@ class SegmentationAdapter(TaskAdapter):
         model.to(self.device).eval()
 
     def teacher_key(self) -> dict[str, Any]:
-        """The teacher depends on the model, its training recipe and its data."""
+        """The teacher depends on the model, its training recipe and its data
+        (not on how often it logs or how many loader workers it uses)."""
         keys = ("model", "train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler")
-        return {"task": "seg", **{k: plain(self.cfg.get(k)) for k in keys},
-                "teacher": plain(self.task_cfg.get("teacher")), "data": plain(self.data_cfg),
-                "data_root": self.data_root, "dataset": self.dataset_name}
+        teacher = {k: v for k, v in dict(self.task_cfg.get("teacher") or {}).items()
+                   if k not in ("log_interval", "num_workers")}
+        return {"task": "seg", **{k: plain(self.cfg.get(k)) for k in keys}, "teacher": plain(teacher),
+                "data": plain(self.data_cfg), "data_root": self.data_root, "dataset": self.dataset_name}
 
     def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Strict load: an official mmseg checkpoint matches its stock config key for key."""
