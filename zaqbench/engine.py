@@ -158,11 +158,13 @@ class ZAQTrainer:
         return {"d_o": d_o, "d_f": d_f, "l_a": activation_regularizer(p_feats)}
 
     def _set_q_mode(self) -> None:
+        """Q trains, but Dropout stays off (P has none active, so it would only add noise
+        to D_o), and BN statistics are frozen unless ``q_bn_update``."""
         self.qmodel.train()
-        if not self.cfg.q_bn_update:
-            for m in self.qmodel.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        for m in self.qmodel.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd) or (
+                    not self.cfg.q_bn_update and isinstance(m, nn.modules.batchnorm._BatchNorm)):
+                m.eval()
 
     def _check_finite(self, losses: dict[str, float]) -> None:
         bad = [k for k, v in losses.items() if not math.isfinite(v)]

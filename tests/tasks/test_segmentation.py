@@ -75,15 +75,6 @@ def make_adapter(tmp_path: Path, data_root, cfg: Config | None = None) -> Segmen
                                torch.device("cpu"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """On a shared 2-core machine, OpenMP's 2 threads stall each other: one is ~20x faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("seg-cache")
