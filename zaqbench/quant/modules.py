@@ -28,46 +28,31 @@ def _quantized_weight(layer: nn.Module) -> torch.Tensor:
     return cached[1]
 
 
-def _adopt(new: nn.Module, old: nn.Module) -> None:
-    """Give ``new`` all state of ``old`` (same tensors, separate containers)."""
-    new.__dict__.update(old.__dict__)
-    new._parameters = old._parameters.copy()
-    new._buffers = old._buffers.copy()
-    new._modules = old._modules.copy()
+class _QuantizedLayer:
+    """Mixin: build the quantized layer by adopting the float layer's state."""
 
-
-class QuantConv2d(nn.Conv2d):
     weight_quant: FakeQuantizer
     act_quant: FakeQuantizer
 
     @classmethod
-    def from_float(
-        cls, conv: nn.Conv2d, weight_quant: FakeQuantizer, act_quant: FakeQuantizer
-    ) -> "QuantConv2d":
+    def from_float(cls, layer: nn.Module, weight_quant: FakeQuantizer, act_quant: FakeQuantizer):
         q = cls.__new__(cls)
-        _adopt(q, conv)
+        # same tensors, separate containers, so adding the quantizers leaves ``layer`` untouched
+        q.__dict__.update(layer.__dict__)
+        q._parameters = layer._parameters.copy()
+        q._buffers = layer._buffers.copy()
+        q._modules = layer._modules.copy()
         q.weight_quant = weight_quant
         q.act_quant = act_quant
         return q
 
+
+class QuantConv2d(_QuantizedLayer, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.act_quant(x), _quantized_weight(self), self.bias)
 
 
-class QuantLinear(nn.Linear):
-    weight_quant: FakeQuantizer
-    act_quant: FakeQuantizer
-
-    @classmethod
-    def from_float(
-        cls, linear: nn.Linear, weight_quant: FakeQuantizer, act_quant: FakeQuantizer
-    ) -> "QuantLinear":
-        q = cls.__new__(cls)
-        _adopt(q, linear)
-        q.weight_quant = weight_quant
-        q.act_quant = act_quant
-        return q
-
+class QuantLinear(_QuantizedLayer, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.act_quant(x), _quantized_weight(self), self.bias)
 
