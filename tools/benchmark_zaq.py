@@ -3,7 +3,8 @@
 
     python tools/benchmark_zaq.py --task cls --model resnet20 --batch-size 64 --iters 5
 
-Each mode runs in its own subprocess so its peak memory is its own. The timed
+Each mode runs in its own subprocess so its peak memory is its own. The ZAQ
+settings are the model config's ``methods.zaq`` with the benchmark's batch size. The timed
 loop is the real ``ZAQTrainer.step`` on a freshly initialised model (speed does
 not depend on trained weights); the first ``--warmup`` iterations are not timed.
 """
@@ -40,7 +41,9 @@ def measure(args: argparse.Namespace, quant_on: bool) -> dict:
                          cache_dir=default_cache_dir(), device=device)
     teacher = adapter.build_model().eval()
     qmodel, _ = quantize_model(teacher, QConfig.from_dict(dict(cfg.get("quant", {}))).with_bits(args.bits, args.bits))
-    zcfg = ZAQConfig(batch_size=args.batch_size, iters=args.warmup + args.iters, q_steps=args.q_steps)
+    # the model config's own ZAQ settings (pooling, generator width...), with the benchmark's batch
+    zcfg = ZAQConfig.from_dict({**dict(cfg.get("methods", {}).get("zaq", {})), "batch_size": args.batch_size,
+                                "iters": args.warmup + args.iters, "q_steps": args.q_steps})
     with tempfile.TemporaryDirectory() as tmp:
         trainer = ZAQTrainer(adapter, teacher, qmodel, zcfg, Path(tmp), seed=0, progress=False)
         trainer.calibrate(1)
