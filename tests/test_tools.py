@@ -65,7 +65,7 @@ def test_tables_report_bad_lines_and_render_valid_rows(tmp_path):
     text = render(tmp_path, problems.append)
     assert any("cls.csv:5: unknown task 'weird'" in p for p in problems)
     assert any("cls.csv:6:" in p and "torn" in p for p in problems)
-    assert "| m | ptq | 90.00 | 50.00 ± 7.07 (55.6%) |" in text
+    assert "| m | ptq | 90.00 | 50.00 ± 7.07 (55.6%) |" in text  # percent metrics: two decimals
     assert render(tmp_path, lambda _: None) == text  # deterministic: same CSVs, same bytes
 
 

@@ -66,11 +66,17 @@ def read_rows(path: Path, warn) -> list[dict]:
     return rows
 
 
+def _fmt(x: float, digits: int) -> str:
+    return f"{x:.{digits}f}"
+
+
 def cell(values: pd.Series, fp: pd.Series) -> str:
+    """'mean ± std (pct%)'; metrics in [0, 1] (mAP) get three decimals, percentages two."""
+    digits = 3 if fp.abs().max() <= 1 else 2
     pct = 100 * values / fp
     if len(values) > 1:
-        return f"{values.mean():.2f} ± {values.std(ddof=1):.2f} ({pct.mean():.1f}%)"
-    return f"{values.iloc[0]:.2f} ({pct.iloc[0]:.1f}%)"
+        return f"{_fmt(values.mean(), digits)} ± {_fmt(values.std(ddof=1), digits)} ({pct.mean():.1f}%)"
+    return f"{_fmt(values.iloc[0], digits)} ({pct.iloc[0]:.1f}%)"
 
 
 def task_section(task: str, df: pd.DataFrame) -> str:
