@@ -6,7 +6,8 @@ ZAQ generator, and the ZAQ loss curves of the default run.
 
 The generator images and loss curves come from the run folders the runner
 wrote (``work_dirs/<task>/<model>/zaq-w4a4-s0-<hash>/generator.pth`` and
-``losses.jsonl``); the newest such folder of each task's default model is used.
+``losses.jsonl``): the folder of the ZAQ W4A4 seed-0 row of each task's default
+model in the CSV, found by its config hash.
 """
 from __future__ import annotations
 
@@ -49,9 +50,14 @@ def plot_bits(task: str, df: pd.DataFrame, out: Path) -> None:
     plt.close(fig)
 
 
-def newest_run(work_dir: Path, task: str, model: str) -> Path | None:
-    runs = sorted((work_dir / task / model).glob("zaq-w4a4-s0-*/generator.pth"), key=lambda p: p.stat().st_mtime)
-    return runs[-1].parent if runs else None
+def default_run(work_dir: Path, task: str, model: str, rows: list[dict]) -> Path | None:
+    """The run folder of the ZAQ W4A4 seed-0 row in the CSV (matched by its config hash)."""
+    hashes = [r["config_hash"] for r in rows if r["model"] == model and r["method"] == "zaq"
+              and r["wbits"] == 4 and r["abits"] == 4 and r["seed"] == 0]
+    if not hashes:
+        return None
+    run = work_dir / task / model / f"zaq-w4a4-s0-{hashes[-1]}"
+    return run if (run / "generator.pth").exists() else None
 
 
 def plot_generated(task: str, model: str, run: Path, out: Path, n: int = 16) -> None:
@@ -113,13 +119,12 @@ def main() -> int:
     results, work = Path(args.results), Path(args.work_dir)
     for task in args.tasks.split(","):
         csv_path = results / f"{task}.csv"
-        if csv_path.exists():
-            rows = read_rows(csv_path, lambda m: print(f"warning: {m}", file=sys.stderr))
-            if rows:
-                plot_bits(task, pd.DataFrame(rows), results / f"{task}_bits.png")
-                print(f"wrote {results / f'{task}_bits.png'}", file=sys.stderr)
+        rows = read_rows(csv_path, lambda m: print(f"warning: {m}", file=sys.stderr)) if csv_path.exists() else []
+        if rows:
+            plot_bits(task, pd.DataFrame(rows), results / f"{task}_bits.png")
+            print(f"wrote {results / f'{task}_bits.png'}", file=sys.stderr)
         model = DEFAULT_MODELS.get(task)
-        run = newest_run(work, task, model) if model else None
+        run = default_run(work, task, model, rows) if model else None
         if run is None:
             print(f"note: no ZAQ W4A4 run of {task}/{model} under {work}; skipping its image and loss plots",
                   file=sys.stderr)
