@@ -17,7 +17,7 @@ def _toy_cmd(out, tmp_path, *extra):
     return [sys.executable, str(ROOT / "tools" / "run_task.py"), "--task", "toy",
             "--config", str(ROOT / "tests" / "data" / "toy_config.py"), "--out", str(out),
             "--work-dir", str(tmp_path / "work"), "--no-progress", "--bits", "8,6,4",
-            "--cfg-options", "methods.zaq.iters=40", *extra]
+            "--cfg-options", "methods.zaq.iters=80", *extra]
 
 
 def _rows(path):
