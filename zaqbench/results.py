@@ -28,14 +28,14 @@ COLUMNS = [
 
 
 def git_commit(repo: Path | None = None) -> str:
-    """Short commit of the code that produced a row; '+dirty' if uncommitted changes exist."""
+    """Short commit of the code that produced a row; '-dirty' (as git describe) if tracked files differ."""
     repo = repo or Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=repo, capture_output=True,
                              text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
                                capture_output=True, text=True, check=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
+        return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
