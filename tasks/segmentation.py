@@ -13,7 +13,6 @@ without it installed.
 """
 from __future__ import annotations
 
-import copy
 import functools
 from contextlib import contextmanager
 from pathlib import Path

@@ -29,7 +29,7 @@ def measure(args: argparse.Namespace, quant_on: bool) -> dict:
 
     import tasks  # noqa: F401
     from zaqbench.engine import ZAQConfig, ZAQTrainer
-    from zaqbench.quant import QConfig, calibrate_activations, quantize_model, set_quantization
+    from zaqbench.quant import QConfig, quantize_model, set_quantization
     from zaqbench.registry import build_task
     from zaqbench.runner import REPO_ROOT, config_path, default_cache_dir, load_config, parse_cfg_options
 

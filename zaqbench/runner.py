@@ -23,7 +23,7 @@ import torch
 from .errors import UserError
 from .methods import MethodOutput, RunContext
 from .quant import QConfig
-from .registry import METHODS, TASKS, build_method, build_task, method_class, task_class
+from .registry import METHODS, build_method, build_task, method_class, task_class
 from .results import COLUMNS, append_rows, check_writable, git_commit, now_iso
 from .teacher import get_teacher, teacher_cache_path
 

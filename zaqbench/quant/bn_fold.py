@@ -17,7 +17,7 @@ def find_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tu
     handles = []
     try:
         for name, module in model.named_modules():
-            if type(module) is nn.Conv2d or isinstance(module, nn.Conv2d):
+            if isinstance(module, nn.Conv2d):
                 handles.append(module.register_forward_hook(
                     lambda m, i, o, name=name: produced_by.__setitem__(id(o), name)))
             elif isinstance(module, nn.BatchNorm2d):
