@@ -16,14 +16,6 @@ model = dict(
         anchor_generator=dict(octave_base_scale=2, strides=[8, 16, 32])),
 )
 
-# the teacher's schedule (mmengine Runner)
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=3)
-optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=2e-3, weight_decay=1e-4),
-                     clip_grad=dict(max_norm=10, norm_type=2))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
-    dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=3, eta_min=1e-5, convert_to_iter_based=True),
-]
 
 task = dict(
     type='det',

@@ -5,25 +5,6 @@
 _base_ = ['./_scenes.py']
 
 model = dict(
-    type='EncoderDecoder',
-    data_preprocessor={{_base_.data_preprocessor}},
-    pretrained=None,
-    backbone=dict(
-        type='ResNetV1c',
-        depth=18,
-        stem_channels=16,
-        base_channels=16,  # stages: 16, 32, 64, 128 channels
-        num_stages=4,
-        out_indices=(0, 1, 2, 3),
-        # output stride 16 (8x8 logits at 128x128): on this CPU, width buys more
-        # mIoU per second than the stock output stride 8
-        dilations=(1, 1, 1, 2),
-        strides=(1, 2, 2, 1),
-        norm_cfg={{_base_.norm_cfg}},
-        norm_eval=False,
-        style='pytorch',
-        contract_dilation=True,
-        init_cfg=None),
     decode_head=dict(
         type='ASPPHead',
         in_channels=128,
@@ -34,9 +15,7 @@ model = dict(
         num_classes={{_base_.num_classes}},
         norm_cfg={{_base_.norm_cfg}},
         align_corners=False,
-        loss_decode={{_base_.loss_decode}}),
-    train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+        loss_decode={{_base_.loss_decode}}))
 
 task = dict(features=['backbone.layer1', 'backbone.layer2', 'backbone.layer3', 'backbone.layer4'])
 

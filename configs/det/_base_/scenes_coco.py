@@ -58,3 +58,12 @@ val_dataloader = test_dataloader
 # ann_file is set by the adapter to the test dataset's own annotation file.
 test_evaluator = dict(type='CocoMetric', metric='bbox', format_only=False, backend_args=backend_args)
 val_evaluator = test_evaluator
+
+# The teacher's schedule (mmengine Runner) for the small scene detectors.
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=3)
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=2e-3, weight_decay=1e-4),
+                     clip_grad=dict(max_norm=10, norm_type=2))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
+    dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=3, eta_min=1e-5, convert_to_iter_based=True),
+]
