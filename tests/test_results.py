@@ -68,3 +68,10 @@ def test_unwritable_out(tmp_path):
     blocker.write_text("x")
     with pytest.raises(UserError, match="cannot create"):
         check_writable(blocker / "sub" / "r.csv")
+
+
+def test_extra_metrics_have_no_commas():
+    from zaqbench.results import format_extra_metrics
+
+    text = format_extra_metrics({"b": 0.123456, "a": 1.0})
+    assert text == "a=1.0;b=0.1235" and "," not in text

@@ -50,7 +50,7 @@ def _row(**kw):
     base = {c: "x" for c in COLUMNS}
     base.update(task="cls", model="m", dataset="d", method="ptq", wbits=4, abits=4, metric="top1", value=45.0,
                 fp_value=90.0, iters=0, seed=0, seconds=1.0, commit="abc", date="2026-11-27T00:00:00+00:00",
-                device="cpu", extra_metrics="{}")
+                device="cpu", extra_metrics="")
     base.update(kw)
     return base
 

@@ -40,6 +40,11 @@ def git_commit(repo: Path | None = None) -> str:
         return "unknown"
 
 
+def format_extra_metrics(metrics: dict[str, float]) -> str:
+    """``k=v;k=v``: no commas, so the CSV stays readable by plain ``cut -d,`` tools."""
+    return ";".join(f"{k}={round(v, 4)}" for k, v in sorted(metrics.items()))
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 

@@ -24,7 +24,7 @@ from .errors import UserError
 from .methods import MethodOutput, RunContext
 from .quant import QConfig
 from .registry import METHODS, build_method, build_task, method_class, task_class
-from .results import COLUMNS, append_rows, check_writable, git_commit, now_iso
+from .results import COLUMNS, append_rows, check_writable, format_extra_metrics, git_commit, now_iso
 from .teacher import get_teacher, teacher_cache_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
             "task": args.task, "model": model_name, "dataset": adapter.dataset_name, "method": name,
             "wbits": wbits, "abits": abits, "metric": adapter.metric,
             "value": round(metrics[adapter.metric], 4), "fp_value": round(fp_value, 4),
-            "extra_metrics": json.dumps({k: round(v, 4) for k, v in metrics.items() if k != adapter.metric}),
+            "extra_metrics": format_extra_metrics({k: v for k, v in metrics.items() if k != adapter.metric}),
             "iters": result.iters, "seed": args.seed, "seconds": round(seconds, 1), **protocol,
             "quant_preset": quant_cfg.get("preset", "default"), "config_hash": job.config_hash,
             "device": str(device), "commit": commit, "date": now_iso(),
