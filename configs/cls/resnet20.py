@@ -4,7 +4,7 @@ task = dict(
     model=dict(arch="resnet20", num_classes=10, in_channels=1),
     data=dict(image_size=28),
     features=["layer1", "layer2", "layer3"],
-    teacher=dict(epochs=4, batch_size=128, lr=0.1, weight_decay=5e-4, seed=0),
+    teacher=dict(epochs=6, batch_size=128, lr=0.1, weight_decay=5e-4, seed=0),
     eval=dict(batch_size=1000),
 )
 quant = dict(preset="default")
