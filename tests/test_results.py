@@ -1,10 +1,11 @@
 import csv
 import multiprocessing as mp
+import subprocess
 
 import pytest
 
 from zaqbench.errors import UserError
-from zaqbench.results import COLUMNS, append_rows, check_writable
+from zaqbench.results import COLUMNS, append_rows, check_writable, git_commit
 
 
 def row(i):
@@ -75,3 +76,23 @@ def test_extra_metrics_have_no_commas():
 
     text = format_extra_metrics({"b": 0.123456, "a": 1.0})
     assert text == "a=1.0;b=0.1235" and "," not in text
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo, check=True,
+                   capture_output=True)
+
+
+def test_git_commit_marks_code_changes_dirty_but_not_result_appends(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "cls.csv").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "init")
+    clean = git_commit(tmp_path)
+    assert len(clean) == 10 and not clean.endswith("-dirty")
+    (tmp_path / "results" / "cls.csv").write_text("a\nb\n")  # a regeneration appending rows
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")  # uncommitted code
+    assert git_commit(tmp_path) == clean + "-dirty"

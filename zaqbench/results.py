@@ -28,13 +28,18 @@ COLUMNS = [
 
 
 def git_commit(repo: Path | None = None) -> str:
-    """Short commit of the code that produced a row; '-dirty' (as git describe) if tracked files differ."""
+    """Short commit of the code that produced a row; '-dirty' (as git describe) if tracked files differ.
+
+    Changes under ``results/`` do not count: a regeneration appends to the committed CSVs, and
+    marking every row after the first as dirty would say the *code* was uncommitted when it was not.
+    """
     repo = repo or Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=repo, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results"], cwd=repo, capture_output=True, text=True,
+                               check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
