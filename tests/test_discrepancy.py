@@ -4,7 +4,7 @@ import torch
 
 from tasks.models.resnet_cifar import resnet20
 from zaqbench.discrepancy import (
-    activation_regularizer, feature_discrepancy, layer_weights, output_discrepancy,
+    _as_4d, activation_regularizer, feature_discrepancy, layer_weights, output_discrepancy,
 )
 from zaqbench.features import capture_features, flatten_tensors, forward_with_features
 from zaqbench.generator import Generator
@@ -55,6 +55,8 @@ def test_output_discrepancy_handles_nested_outputs():
 
 def test_large_maps_are_pooled_and_adaptive_weights_sum_to_layers():
     big = [torch.randn(1, 4, 64, 64)]
+    assert _as_4d(big[0], 8).shape == (1, 4, 8, 8)
+    assert _as_4d(torch.randn(1, 4, 6, 6), 8).shape == (1, 4, 6, 6)  # small maps are left alone
     assert feature_discrepancy(big, [t + 0.1 for t in big], pool_size=8).isfinite()
     w = layer_weights(torch.tensor([1.0, 3.0]), "adaptive")
     assert torch.allclose(w, torch.tensor([0.5, 1.5]))

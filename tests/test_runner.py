@@ -49,10 +49,15 @@ def test_end_to_end_writes_one_row_per_method(env, capsys):
     assert {r["calib_data"] for r in written} == {"none", "gaussian-noise", "real-train-images",
                                                    "zeroq-distilled", "zaq-generator"}
     assert "zaq" in capsys.readouterr().out  # the printed table
-    # the teacher is cached: a second run reuses it
+    # the teacher is cached as a weights-only state dict, and a second run reuses it
     cached = list((Path(env["work"]).parent / "cache" / "teachers").glob("cls-resnet20-*.pth"))
     assert len(cached) == 1
     torch.load(cached[0], weights_only=True)
+    mtime = cached[0].stat().st_mtime_ns
+    assert run(env, "--method", "fp") == 0
+    assert list(cached[0].parent.glob("cls-resnet20-*.pth")) == cached
+    assert cached[0].stat().st_mtime_ns == mtime
+    assert rows(env["out"])[-1]["value"] == written[0]["value"]
 
 
 def expect_error(capsys, code, *needles):

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tools.make_tables import render
 from zaqbench.results import COLUMNS, append_rows
 
@@ -72,5 +74,5 @@ def test_tables_report_bad_lines_and_render_valid_rows(tmp_path):
 def test_committed_results_readme_is_reproducible():
     readme = ROOT / "results" / "README.md"
     if not readme.exists():
-        return
+        pytest.skip("no committed results/README.md")
     assert render(ROOT / "results", lambda _: None) == readme.read_text()

@@ -68,16 +68,6 @@ def _tiny_fashion_mnist(fmnist_root):
         yield
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These shapes are tiny; on a shared 2-core machine two OpenMP threads spin-wait on
-    each other (measured: this file took 2m54 with 2 threads under load, 33 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
