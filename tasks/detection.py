@@ -25,8 +25,10 @@ from torch import nn
 
 from zaqbench.adapter import InputSpec, Nested, TaskAdapter
 from zaqbench.errors import UserError
+from zaqbench.features import resolve_modules
 from zaqbench.registry import TASKS
 
+from .mm_config import plain, without_pretrained
 from .scenes import SceneSpec, ensure_scenes, scenes_key
 
 LOADERS = {"train": "train_dataloader", "test": "test_dataloader"}
@@ -34,17 +36,6 @@ COCO_SUFFIXES = ("", "_50", "_75", "_s", "_m", "_l")  # CocoMetric's bbox_mAP* i
 
 
 # -- helpers ---------------------------------------------------------------------
-def _plain(obj: Any) -> Any:
-    """ConfigDicts (and nested ones) as plain dicts, e.g. for hashing or building."""
-    if hasattr(obj, "to_dict"):
-        obj = obj.to_dict()
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):  # tuples stay tuples: mmcv transforms insist on them
-        return type(obj)(_plain(v) for v in obj)
-    return obj
-
-
 @contextmanager
 def mmdet_scope() -> Iterator[None]:
     """mmdet's registries as the default scope while building, restored afterwards."""
@@ -70,27 +61,6 @@ def _quiet_mmengine() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def without_pretrained(cfg: Any) -> Any:
-    """A copy of a model config that downloads nothing: ``pretrained`` and
-    ``init_cfg=dict(type='Pretrained', ...)`` become None at any depth, so stock
-    mmdet configs can be used as they are."""
-    if isinstance(cfg, dict):
-        out = type(cfg)()
-        for key, value in cfg.items():
-            if key == "pretrained" or (key == "init_cfg" and _is_pretrained_init(value)):
-                value = None
-            out[key] = without_pretrained(value)
-        return out
-    if isinstance(cfg, (list, tuple)):
-        return type(cfg)(without_pretrained(v) for v in cfg)
-    return cfg
-
-
-def _is_pretrained_init(init_cfg: Any) -> bool:
-    items = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
-    return any(isinstance(i, dict) and i.get("type") == "Pretrained" for i in items)
 
 
 def _leaf_dataset(cfg: dict) -> dict:
@@ -143,21 +113,21 @@ class DetectionAdapter(TaskAdapter):
         model = revert_sync_batchnorm(model)  # SyncBN needs a process group; BN does the same on one device
         with _quiet_mmengine():  # init_weights logs one line per parameter
             model.init_weights()
-        self._check_features(model)
+        resolve_modules(model, self.feature_names)  # unknown feature names fail here, not mid-run
         return model.to(self.device)
 
     def train_teacher(self, model: nn.Module) -> None:
         """mmdet's own training loop (mmengine ``Runner``) on the train split, in place."""
         from mmengine.runner import Runner
 
-        loader = dict(_plain(self.cfg.train_dataloader), dataset=self._dataset("train"))
+        loader = dict(plain(self.cfg.train_dataloader), dataset=self._dataset("train"))
         hooks = dict(logger=dict(type="LoggerHook", interval=self.teacher_cfg.get("log_interval", 50)),
                      checkpoint=None)  # the core caches the weights; no per-epoch files
         with tempfile.TemporaryDirectory(prefix="zaqbench-det-") as work_dir, mmdet_scope():
             runner = Runner(
                 model=model, work_dir=work_dir, train_dataloader=loader,
-                train_cfg=_plain(self.cfg.train_cfg), optim_wrapper=_plain(self.cfg.optim_wrapper),
-                param_scheduler=_plain(self.cfg.get("param_scheduler")), default_hooks=hooks,
+                train_cfg=plain(self.cfg.train_cfg), optim_wrapper=plain(self.cfg.optim_wrapper),
+                param_scheduler=plain(self.cfg.get("param_scheduler")), default_hooks=hooks,
                 log_processor=dict(by_epoch=True, window_size=self.teacher_cfg.get("log_interval", 50)),
                 randomness=dict(seed=self.teacher_cfg.get("seed", 0)), default_scope="mmdet",
                 env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo")),
@@ -169,12 +139,12 @@ class DetectionAdapter(TaskAdapter):
     def teacher_key(self) -> dict[str, Any]:
         """The architecture, the training data and schedule; not what only affects
         inference (``test_cfg``) or logging."""
-        model = _plain(self.cfg.model)
+        model = plain(self.cfg.model)
         model.pop("test_cfg", None)
         fields = ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler")
         return {"task": "det", "model": model, "data": self._data_identity(),
                 "teacher": {k: v for k, v in self.teacher_cfg.items() if k != "log_interval"},
-                **{f: _plain(self.cfg.get(f)) for f in fields}}
+                **{f: plain(self.cfg.get(f)) for f in fields}}
 
     # 2. the input ----------------------------------------------------------------------
     @property
@@ -206,7 +176,7 @@ class DetectionAdapter(TaskAdapter):
 
         dataset = self._dataset("test", self.eval_cfg.get("max_samples"))
         with mmdet_scope():
-            loader = Runner.build_dataloader(dict(_plain(self.cfg.test_dataloader), dataset=dataset))
+            loader = Runner.build_dataloader(dict(plain(self.cfg.test_dataloader), dataset=dataset))
             evaluator = self._evaluator(dataset)
         was_training = model.training
         model.eval()
@@ -227,7 +197,7 @@ class DetectionAdapter(TaskAdapter):
         from mmdet.registry import METRICS
         from mmengine.evaluator import Evaluator
 
-        metric_cfg = _plain(self.cfg.get("test_evaluator") or dict(type="CocoMetric", metric="bbox"))
+        metric_cfg = plain(self.cfg.get("test_evaluator") or dict(type="CocoMetric", metric="bbox"))
         if isinstance(metric_cfg, list):
             raise UserError("test_evaluator must be a single CocoMetric for the det task")
         if metric_cfg.get("type") != "CocoMetric" or "bbox" not in str(metric_cfg.get("metric", "bbox")):
@@ -258,7 +228,7 @@ class DetectionAdapter(TaskAdapter):
                     dict(type="PackDetInputs")]
         dataset = self._dataset("train", pipeline=pipeline)
         with mmdet_scope():
-            pre_cfg = dict(_plain(self.cfg.model.get("data_preprocessor", {})), pad_size_divisor=1)
+            pre_cfg = dict(plain(self.cfg.model.get("data_preprocessor", {})), pad_size_divisor=1)
             pre_cfg.setdefault("type", "DetDataPreprocessor")
             preprocessor = MODELS.build(pre_cfg)
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -275,14 +245,6 @@ class DetectionAdapter(TaskAdapter):
                 or not all(isinstance(s, int) and s >= 32 and s % 4 == 0 for s in size)):
             raise UserError(f"task.input_size must be (height, width), each a multiple of 4 (what the generator "
                             f"can produce) and at least 32 (the detector's coarsest stride), got {size}")
-
-    def _check_features(self, model: nn.Module) -> None:
-        names = dict(model.named_modules())
-        missing = [n for n in self.feature_names if n not in names]
-        if missing:
-            top = ", ".join(n for n in names if n and "." not in n)
-            raise UserError(f"task.features {missing} are not modules of '{self.model_name}'; "
-                            f"top-level modules: {top} (nested names like 'neck.fpn_convs.0' work too)")
 
     def _data_identity(self) -> dict[str, Any]:
         if self.data_root:
@@ -327,7 +289,7 @@ class DetectionAdapter(TaskAdapter):
         if LOADERS[split] not in self.cfg:
             raise UserError(f"config for '{self.model_name}' has no {LOADERS[split]}; a det config needs "
                             "train_dataloader and test_dataloader sections (as in any mmdet config)")
-        cfg = _plain(self.cfg[LOADERS[split]]["dataset"])
+        cfg = plain(self.cfg[LOADERS[split]]["dataset"])
         leaf = _leaf_dataset(cfg)
         leaf["data_root"] = str(self.root)
         if max_samples:
@@ -337,7 +299,7 @@ class DetectionAdapter(TaskAdapter):
         ann = self.root / leaf.get("ann_file", "")
         if not ann.is_file():
             raise UserError(f"COCO annotation file '{ann}' not found; --data-root must contain "
-                            f"'{leaf.get('ann_file')}' and images under '{_plain(leaf.get('data_prefix'))}'")
+                            f"'{leaf.get('ann_file')}' and images under '{plain(leaf.get('data_prefix'))}'")
         try:
             with mmdet_scope():
                 dataset = DATASETS.build(cfg)

@@ -28,6 +28,7 @@ from zaqbench.features import resolve_modules
 from zaqbench.registry import TASKS
 
 from .fashion_mnist import CLASSES as FASHION_CLASSES
+from .mm_config import plain, without_pretrained
 from .scenes import SceneSpec, ensure_scenes
 
 SCENES_DATASET = "FashionScenesDataset"
@@ -81,38 +82,6 @@ def mmseg_scope() -> Iterator[None]:
 
 
 # -- config helpers ------------------------------------------------------------------
-def plain(obj: Any) -> Any:
-    """ConfigDicts/tuples -> plain dicts/lists (for hashing and for mmengine builders)."""
-    if isinstance(obj, dict):
-        return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    return obj
-
-
-def without_downloads(cfg: Any) -> Any:
-    """Copy of a model config with every ``pretrained`` set to None and every
-    ``Pretrained`` ``init_cfg`` removed, so building never fetches weights."""
-    if isinstance(cfg, dict):
-        out = {}
-        for key, value in cfg.items():
-            if key == "pretrained":
-                out[key] = None
-            elif key == "init_cfg" and _loads_weights(value):
-                out[key] = None
-            else:
-                out[key] = without_downloads(value)
-        return out
-    if isinstance(cfg, (list, tuple)):
-        return [without_downloads(v) for v in cfg]
-    return cfg
-
-
-def _loads_weights(init_cfg: Any) -> bool:
-    items = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
-    return any(isinstance(i, dict) and i.get("type") == "Pretrained" for i in items)
-
-
 def check_input_size(size: Any) -> tuple[int, int]:
     """(H, W) the generator can produce: positive multiples of 4."""
     try:
@@ -197,7 +166,7 @@ class SegmentationAdapter(TaskAdapter):
             from mmseg.registry import MODELS
 
             # ConfigDict: mmseg reads e.g. ``test_cfg.mode`` as attributes
-            model_cfg = ConfigDict(without_downloads(plain(self.cfg.model)))
+            model_cfg = ConfigDict(without_pretrained(plain(self.cfg.model)))
             try:
                 model = MODELS.build(model_cfg)
             except (KeyError, TypeError) as err:
@@ -249,10 +218,6 @@ class SegmentationAdapter(TaskAdapter):
                    if k not in ("log_interval", "num_workers")}
         return {"task": "seg", **{k: plain(self.cfg.get(k)) for k in keys}, "teacher": plain(teacher),
                 "data": plain(self.data_cfg), "data_root": self.data_root, "dataset": self.dataset_name}
-
-    def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        """Strict load: an official mmseg checkpoint matches its stock config key for key."""
-        model.load_state_dict(state, strict=True)
 
     # 2. the input -------------------------------------------------------------------------
     @property

@@ -108,6 +108,7 @@ def test_zeroq_distillation_reduces_bn_loss(cls_adapter):
     after = bn_statistics_loss(teacher, x, lambda m, t: m(t)).item()
     assert after < 0.5 * before
     assert curve[-1] < curve[0]
+    assert all(p.grad is None for p in teacher.parameters())  # only the inputs were optimised
 
 
 def test_unknown_zaq_option_is_an_error():
