@@ -115,12 +115,8 @@ class ZAQTrainer:
         self.work_dir = Path(work_dir)
         self.progress = progress
         self.feature_names = list(adapter.feature_names)
-        self.teacher = teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.qmodel = qmodel
-        for p in self.qmodel.parameters():  # Q is a copy of P, which may have been frozen
-            p.requires_grad_(True)
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.qmodel = qmodel.requires_grad_(True)  # Q is a copy of P, which may have been frozen
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         torch.manual_seed(seed)
         self.generator = Generator(adapter.input_spec, cfg.nz, cfg.generator_channels).to(self.device)

@@ -51,20 +51,11 @@ def bn_statistics_loss(model: nn.Module, x: torch.Tensor,
 
 def distill_batch(adapter: TaskAdapter, teacher: nn.Module, batch_size: int, iters: int, lr: float,
                   rng: torch.Generator, progress: bool = True) -> tuple[torch.Tensor, list[float]]:
-    """One distilled batch of shape ``adapter.input_spec.shape(batch_size)`` and its loss curve."""
+    """One distilled batch of shape ``adapter.input_spec.shape(batch_size)`` and its loss curve.
+
+    Only the inputs are optimised: gradients go to ``x`` alone, the teacher's weights get none.
+    """
     teacher.eval()
-    frozen = [p for p in teacher.parameters() if p.requires_grad]
-    for p in frozen:  # only the inputs are optimised
-        p.requires_grad_(False)
-    try:
-        return _distill(adapter, teacher, batch_size, iters, lr, rng, progress)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-
-
-def _distill(adapter: TaskAdapter, teacher: nn.Module, batch_size: int, iters: int, lr: float,
-             rng: torch.Generator, progress: bool) -> tuple[torch.Tensor, list[float]]:
     x = torch.randn(adapter.input_spec.shape(batch_size), generator=rng, device=adapter.device)
     x.requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=lr)
@@ -73,7 +64,7 @@ def _distill(adapter: TaskAdapter, teacher: nn.Module, batch_size: int, iters: i
     for _ in tqdm(range(iters), desc="zeroq distill", disable=not progress, leave=False):
         loss = bn_statistics_loss(teacher, x, adapter.forward_raw)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(inputs=[x])
         optimizer.step()
         scheduler.step(loss.item())
         curve.append(loss.item())
