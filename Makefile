@@ -23,10 +23,11 @@ run: setup
 clean:
 	rm -rf work_dirs .pytest_cache
 
-# Issue 6: the full grid (resumable), then tables and plots.
+# Issue 6: the full grid (resumable), then plots, then tables (which link the plots that exist).
 regenerate: setup
-	$(PY) tools/regenerate.py $(ARGS)
+	$(PY) tools/regenerate.py --no-tables $(ARGS)
 	$(PY) tools/make_plots.py
+	$(PY) tools/make_tables.py
 
 tables: setup
 	$(PY) tools/make_tables.py

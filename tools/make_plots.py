@@ -78,7 +78,7 @@ def plot_generated(task: str, model: str, run: Path, out: Path, n: int = 16) -> 
     channels = state["seed_bn.weight"].shape[0]
     gen = Generator(spec, nz=nz, channels=channels)
     gen.load_state_dict(state)
-    gen.eval()
+    gen.train()  # batch statistics, as when Q trained on these images (engine.calibrate / the Q step)
     with torch.no_grad():
         x = gen(torch.randn(n, nz, generator=torch.Generator().manual_seed(0)))
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)

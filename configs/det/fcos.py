@@ -35,14 +35,3 @@ task = dict(
 )
 quant = dict(preset='default', first_fp=True, last_fp=False,
              fp_layers=['bbox_head.conv_cls', 'bbox_head.conv_reg', 'bbox_head.conv_centerness'])
-default_methods = ['fp', 'ptq', 'real-ptq', 'zeroq', 'zaq']
-# CPU-sized schedules; every other knob keeps the core's defaults (zaqbench/engine.py ZAQConfig).
-# generator_channels=32: at 128x128 the default 128-channel generator costs ~2 GMAC per image,
-# 13x the detector itself; 32 channels brings it to the detector's cost.
-zaq_cpu = dict(iters=60, batch_size=16, checkpoint_interval=20, calib_batches=4, generator_channels=32)
-methods = dict(
-    ptq=dict(batch_size=16, calib_batches=4),
-    zeroq=dict(batch_size=16, calib_batches=1, distill_iters=100),
-    zaq=zaq_cpu,
-    **{'real-ptq': dict(batch_size=16, calib_batches=4)},
-)

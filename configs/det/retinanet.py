@@ -29,18 +29,3 @@ task = dict(
 # directly (the detector's "last layer") and are tiny; the stem conv sees raw pixels.
 quant = dict(preset='default', first_fp=True, last_fp=False,
              fp_layers=['bbox_head.retina_cls', 'bbox_head.retina_reg'])
-default_methods = ['fp', 'ptq', 'real-ptq', 'zeroq', 'zaq']
-# CPU-sized schedules; every other knob keeps the core's defaults (zaqbench/engine.py ZAQConfig).
-# generator_channels=32: at 128x128 the default 128-channel generator costs ~2 GMAC per image,
-# 13x the detector itself; 32 channels brings it to the detector's cost.
-# q_lr / q_bn_update / recalibrate_at_end: as for classification (configs/cls/resnet20.py), the
-# official q_lr=0.1 with BN statistics updated on generated images wipes out a pre-trained detector in a
-# few iterations (measured: mAP 0.344 -> 0.000); frozen BN and q_lr=1e-3 keep and improve it.
-zaq_cpu = dict(iters=40, batch_size=16, checkpoint_interval=10, calib_batches=4, generator_channels=32,
-               q_lr=0.001, q_bn_update=False, recalibrate_at_end=False)
-methods = dict(
-    ptq=dict(batch_size=16, calib_batches=4),
-    zeroq=dict(batch_size=16, calib_batches=1, distill_iters=100),
-    zaq=zaq_cpu,
-    **{'real-ptq': dict(batch_size=16, calib_batches=4), 'zaq-no-feat': zaq_cpu, 'zaq-no-act': zaq_cpu},
-)
