@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tasks  # noqa: F401
-from zaqbench.runner import main
+from zaqbench.runner import default_model, main, run_dir_name
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["task.model.width=4", "task.data.image_size=16", "task.teacher.epochs=1", "task.teacher.batch_size=32",
@@ -49,6 +49,10 @@ def test_end_to_end_writes_one_row_per_method(env, capsys):
     assert {r["calib_data"] for r in written} == {"none", "gaussian-noise", "real-train-images",
                                                    "zeroq-distilled", "zaq-generator"}
     assert "zaq" in capsys.readouterr().out  # the printed table
+    # each ZAQ run leaves its folder where run_dir_name (used by tools/make_plots.py) says
+    for r in (r for r in written if r["method"] == "zaq"):
+        name = run_dir_name("zaq", int(r["wbits"]), int(r["abits"]), 0, r["config_hash"])
+        assert (Path(env["work"]) / "cls" / "resnet20" / name / "losses.jsonl").is_file()
     # the teacher is cached as a weights-only state dict, and a second run reuses it
     cached = list((Path(env["work"]).parent / "cache" / "teachers").glob("cls-resnet20-*.pth"))
     assert len(cached) == 1
@@ -129,3 +133,11 @@ def test_skip_existing_and_dry_run(env, capsys):
     assert [r["method"] for r in rows(env["out"])] == ["fp", "ptq", "real-ptq"]
     assert run(env, "--method", "fp,ptq,real-ptq", "--bits", "8", "--skip-existing") == 0
     assert len(rows(env["out"])) == 3
+
+
+def test_default_model_comes_from_the_task_folder(tmp_path):
+    assert default_model("cls") == (ROOT / "configs" / "cls" / "DEFAULT").read_text().strip()
+    (tmp_path / "x").mkdir()
+    assert default_model("x", tmp_path) is None
+    (tmp_path / "x" / "DEFAULT").write_text("tiny\n")
+    assert default_model("x", tmp_path) == "tiny"

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tools.make_tables import read_rows  # noqa: E402
+from zaqbench.runner import default_model, run_dir_name  # noqa: E402
 
-DEFAULT_MODELS = {"cls": "resnet20", "det": "retinanet", "seg": "deeplabv3"}
 
 
 def plot_bits(task: str, df: pd.DataFrame, out: Path) -> None:
@@ -56,20 +56,19 @@ def default_run(work_dir: Path, task: str, model: str, rows: list[dict]) -> Path
               and r["wbits"] == 4 and r["abits"] == 4 and r["seed"] == 0]
     if not hashes:
         return None
-    run = work_dir / task / model / f"zaq-w4a4-s0-{hashes[-1]}"
+    run = work_dir / task / model / run_dir_name("zaq", 4, 4, 0, hashes[-1])
     return run if (run / "generator.pth").exists() else None
 
 
 def plot_generated(task: str, model: str, run: Path, out: Path, n: int = 16) -> None:
     import torch
-    from mmengine.config import Config
 
     import tasks  # noqa: F401
     from zaqbench.generator import Generator
     from zaqbench.registry import build_task
-    from zaqbench.runner import default_cache_dir
+    from zaqbench.runner import config_path, default_cache_dir, load_config
 
-    cfg = Config.fromfile(str(ROOT / "configs" / task / f"{model}.py"))
+    cfg = load_config(config_path(task, model, None, ROOT / "configs"), {})
     adapter = build_task(task, cfg=cfg, model_name=model, data_root=None, cache_dir=default_cache_dir(),
                          device=torch.device("cpu"))
     spec = adapter.input_spec
@@ -123,7 +122,7 @@ def main() -> int:
         if rows:
             plot_bits(task, pd.DataFrame(rows), results / f"{task}_bits.png")
             print(f"wrote {results / f'{task}_bits.png'}", file=sys.stderr)
-        model = DEFAULT_MODELS.get(task)
+        model = default_model(task, ROOT / "configs")
         run = default_run(work, task, model, rows) if model else None
         if run is None:
             print(f"note: no ZAQ W4A4 run of {task}/{model} under {work}; skipping its image and loss plots",

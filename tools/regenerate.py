@@ -17,7 +17,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS = {"cls": "resnet20", "det": "retinanet", "seg": "deeplabv3"}
+sys.path.insert(0, str(ROOT))
+
+from zaqbench.runner import default_model  # noqa: E402
+
 DEFAULT_METHODS = "fp,ptq,real-ptq,zeroq,zaq,zaq-no-feat,zaq-no-act"
 
 
@@ -32,16 +35,18 @@ def main() -> int:
     p.add_argument("--no-tables", action="store_true", help="do not rerender results/README.md afterwards")
     args, passthrough = p.parse_known_args()
     tasks = [t for t in args.task.split(",") if t]
-    unknown = [t for t in tasks if t not in DEFAULT_MODELS]
+    models = {t: default_model(t, ROOT / "configs") for t in tasks}
+    unknown = [t for t, m in models.items() if m is None]
     if unknown:
-        print(f"error: unknown task(s) {unknown}; valid tasks: {', '.join(DEFAULT_MODELS)}", file=sys.stderr)
+        valid = sorted(p.parent.name for p in (ROOT / "configs").glob("*/DEFAULT"))
+        print(f"error: no default model for task(s) {unknown}; tasks with one: {', '.join(valid)}", file=sys.stderr)
         return 2
     for task in tasks:
         for seed in [s for s in args.seeds.split(",") if s]:
             base = [sys.executable, str(ROOT / "tools" / "run_task.py"), "--task", task,
-                    "--model", DEFAULT_MODELS[task], "--method", args.methods, "--bits", args.bits,
+                    "--model", models[task], "--method", args.methods, "--bits", args.bits,
                     "--seed", seed, "--out", str(Path(args.results) / f"{task}.csv"), *passthrough]
-            print(f"== {task}/{DEFAULT_MODELS[task]} seed {seed}: plan", flush=True)
+            print(f"== {task}/{models[task]} seed {seed}: plan", flush=True)
             code = subprocess.call(base + ["--dry-run"])
             if code:
                 return code

@@ -85,16 +85,22 @@ def config_path(task: str, model: str | None, explicit: str | None, cfg_root: Pa
         return path
     folder = cfg_root / task
     available = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
-    model = model or (available[0] if len(available) == 1 else None) or _default_model(folder)
+    model = model or (available[0] if len(available) == 1 else None) or default_model(task, cfg_root)
     path = folder / f"{model}.py"
     if not path.is_file():
         raise UserError(f"unknown model '{model}' for task '{task}'; valid models: {', '.join(available) or '(none)'}")
     return path
 
 
-def _default_model(folder: Path) -> str | None:
-    marker = folder / "DEFAULT"
+def default_model(task: str, cfg_root: Path = REPO_ROOT / "configs") -> str | None:
+    """The model named in ``configs/<task>/DEFAULT``, if the task has one."""
+    marker = cfg_root / task / "DEFAULT"
     return marker.read_text().strip() if marker.is_file() else None
+
+
+def run_dir_name(method: str, wbits: int, abits: int, seed: int, config_hash: str) -> str:
+    """Folder (under ``work_dirs/<task>/<model>/``) of one run's checkpoints and losses."""
+    return f"{method}-w{wbits}a{abits}-s{seed}-{config_hash}"
 
 
 def parse_bits(args: argparse.Namespace) -> list[tuple[int, int]]:
@@ -194,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         chash = short_hash({"model": model_name, "task": cfg.get("task"), "quant": qconfig.to_dict(),
                             "method": name, "method_cfg": method.cfg, "teacher": teacher_id})
         plan.append(Job(name, wbits, abits, qconfig, method, chash))
-    done = existing_runs(out)
+    done = existing_runs(out) if args.dry_run or args.skip_existing else {}
     if args.dry_run:
         print_plan(plan, done, args.seed)
         return 0
@@ -215,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     printed: list[dict[str, Any]] = []
     for job in plan:
         name, wbits, abits, qconfig = job.method_name, job.wbits, job.abits, job.qconfig
-        run_dir = work_root / args.task / model_name / f"{name}-w{wbits}a{abits}-s{args.seed}-{job.config_hash}"
+        run_dir = work_root / args.task / model_name / run_dir_name(name, wbits, abits, args.seed, job.config_hash)
         ctx = RunContext(adapter, teacher, qconfig, args.seed, run_dir, args.resume, not args.no_progress)
         print(f"[zaqbench] {name} W{wbits}A{abits} ...", file=sys.stderr)
         torch.manual_seed(args.seed)
