@@ -151,3 +151,7 @@ def test_eval_weight_cache_follows_weight_updates():
         assert not torch.allclose(qmodel(x), first)
         cached = qmodel(x)
     assert torch.allclose(qmodel(x), cached)  # the grad path (no cache) agrees with the cached one
+    with torch.no_grad():  # a replaced weight (not an in-place update) is noticed too
+        for _, layer in quant_layers(qmodel):
+            layer.weight = nn.Parameter(layer.weight.detach() * 0.5)
+        assert not torch.allclose(qmodel(x), cached)

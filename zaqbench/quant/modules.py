@@ -17,15 +17,17 @@ from .fake_quant import FakeQuantizer
 
 def _quantized_weight(layer: nn.Module) -> torch.Tensor:
     """The fake-quantized weight; without autograd (evaluation) it is cached until the
-    weight tensor changes (its version counter moves on every in-place update)."""
-    if torch.is_grad_enabled() or not layer.weight_quant.active:
-        return layer.weight_quant(layer.weight)
-    key = (layer.weight.data_ptr(), layer.weight._version, layer.weight_quant.bits)
+    weight changes: an in-place update moves its version counter, ``.to()`` swaps its storage
+    (new address), and a replaced weight is a different object, whatever address it reuses."""
+    weight, quantizer = layer.weight, layer.weight_quant
+    if torch.is_grad_enabled() or not quantizer.active:
+        return quantizer(weight)
     cached = layer.__dict__.get("_wq_cache")
-    if cached is None or cached[0] != key:
-        cached = (key, layer.weight_quant(layer.weight))
+    state = (weight.data_ptr(), weight.device, weight._version, quantizer.bits)
+    if cached is None or cached[0] is not weight or cached[1] != state:
+        cached = (weight, state, quantizer(weight))
         layer.__dict__["_wq_cache"] = cached
-    return cached[1]
+    return cached[2]
 
 
 class _QuantizedLayer:
