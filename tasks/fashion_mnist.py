@@ -29,10 +29,9 @@ def _has_files(folder: Path) -> bool:
     return all((folder / f).is_file() for pair in _FILES.values() for f in pair)
 
 
-def _candidates(data_root: str | None) -> list[Path]:
-    """An explicit --data-root is the only place looked at: a wrong path is an error,
-    not a silent fallback to other data."""
-    root = data_root or os.environ.get("ZAQBENCH_DATA")
+def _candidates(root: str | None) -> list[Path]:
+    """An explicit root (``--data-root``, else ``$ZAQBENCH_DATA``) is the only place looked at:
+    a wrong path is an error, not a silent fallback to other data."""
     if root:
         root = Path(root)
         return [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
@@ -41,10 +40,11 @@ def _candidates(data_root: str | None) -> list[Path]:
 
 def find_fashion_mnist(data_root: str | None = None, download_dir: Path | None = None) -> Path:
     """Folder holding the four IDX files; raises a one-line ``UserError`` if none."""
-    for folder in _candidates(data_root):
+    explicit = data_root or os.environ.get("ZAQBENCH_DATA")
+    for folder in _candidates(explicit):
         if _has_files(folder):
             return folder
-    if download_dir is not None and not (data_root or os.environ.get("ZAQBENCH_DATA")):
+    if download_dir is not None and not explicit:
         try:  # only works on machines with internet
             from torchvision.datasets import FashionMNIST
 
