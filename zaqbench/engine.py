@@ -12,6 +12,7 @@ use it), and the device is the adapter's, so the loop can later run under
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import signal
@@ -27,11 +28,14 @@ from tqdm import tqdm
 
 from .adapter import TaskAdapter
 from .checkpoint import atomic_save, load_file
-from .discrepancy import activation_regularizer, feature_discrepancy, output_discrepancy
+from .diagnostics import bn_drift, clip_fractions, image_stats, weight_drift
+from .discrepancy import activation_regularizer, layer_discrepancies, layer_weights, output_discrepancy
 from .errors import UserError
 from .features import forward_with_features
-from .generator import Generator
-from .quant import calibrate_activations, load_quantizer_state, quantizer_state
+from .generator import GENERATOR_OUTPUTS, Generator
+from .quant import calibrate_activations, load_quantizer_state, quant_layers, quantizer_state
+from .trust_region import WeightTrustRegion
+from .zeroq import bn_statistics_terms
 
 
 @dataclass
@@ -58,6 +62,44 @@ class ZAQConfig:
     recalibrate_at_end: bool = True  # re-set ranges on the trained G's images
     checkpoint_interval: int = 50
     generator_channels: int = 128
+    # Stabilisers (issue 10). Each default is the official code's behaviour (off); the CPU
+    # configs switch them on, and each has an ablation row (README, "A ZAQ that holds up").
+    gen_output: str = "bn"  # 'bn' (official: Tanh + BatchNorm) | 'valid-range' (images in [0, 1] pixels)
+    bns_weight: float = 0.0  # weight of a BN-statistics prior on the generator (P's running stats)
+    q_params: str = "all"  # what Q trains: 'all' (official) | 'quantized-weights'
+    q_trust_steps: float = 0.0  # > 0: keep Q's weights within this many quantization steps of P's
+
+    def __post_init__(self) -> None:
+        """Impossible values fail here, before any teacher training or method run."""
+        def bad(name: str, valid: str) -> UserError:
+            return UserError(f"methods.zaq.{name}={getattr(self, name)!r} is not valid; {valid}")
+
+        for name in ("iters", "q_steps", "batch_size", "nz", "calib_batches", "checkpoint_interval",
+                     "generator_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise bad(name, "use a positive integer")
+        for name in ("alpha", "beta", "q_lr", "q_momentum", "q_weight_decay", "g_lr", "bns_weight",
+                     "q_trust_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
+                raise bad(name, "use a finite number >= 0")
+        if self.q_lr <= 0 or self.g_lr <= 0:
+            raise bad("q_lr" if self.q_lr <= 0 else "g_lr", "use a learning rate > 0")
+        if len(self.g_betas) != 2 or not all(0 <= b < 1 for b in self.g_betas):
+            raise bad("g_betas", "use two numbers in [0, 1)")
+        if not all(isinstance(f, (int, float)) and 0 < f < 1 for f in self.lr_milestones):
+            raise bad("lr_milestones", "use fractions of iters in (0, 1), or () for a constant rate")
+        if not 0 < self.lr_gamma <= 1:
+            raise bad("lr_gamma", "use a factor in (0, 1]")
+        choices = {"feature_weights": FEATURE_WEIGHTS, "gen_output": GENERATOR_OUTPUTS, "q_params": Q_PARAMS}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise bad(name, f"valid values: {', '.join(valid)}")
+        if self.q_trust_steps and self.q_params == "all":
+            raise UserError("methods.zaq.q_trust_steps bounds only the quantized weights; "
+                            "set methods.zaq.q_params='quantized-weights' with it")
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "ZAQConfig":
@@ -68,8 +110,14 @@ class ZAQConfig:
         cfg = dict(cfg)
         for key in ("g_betas", "lr_milestones"):
             if key in cfg:
+                if not isinstance(cfg[key], (list, tuple)):
+                    raise UserError(f"methods.zaq.{key}={cfg[key]!r} is not valid; use a list, e.g. [0.9, 0.999]")
                 cfg[key] = tuple(cfg[key])
         return cls(**cfg)
+
+
+FEATURE_WEIGHTS = ("uniform", "adaptive")
+Q_PARAMS = ("all", "quantized-weights")
 
 
 class DivergenceError(UserError):
@@ -104,29 +152,57 @@ class _StopOnCtrlC:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def trainable_q_parameters(qmodel: nn.Module, which: str) -> list[nn.Parameter]:
+    """Q's parameters the optimiser updates; the others are frozen (``requires_grad=False``).
+
+    ``all``: every parameter (official). ``quantized-weights``: only the weights of the
+    quantized layers -- full-precision layers, biases and BN affine parameters stay P's.
+    """
+    if which == "all":
+        return list(qmodel.requires_grad_(True).parameters())
+    qmodel.requires_grad_(False)
+    weights = [layer.weight for _, layer in quant_layers(qmodel) if layer.weight_quant.active]
+    if not weights:
+        raise UserError("methods.zaq.q_params='quantized-weights' but the model has no quantized weights")
+    for w in weights:
+        w.requires_grad_(True)
+    return weights
+
+
 class ZAQTrainer:
-    """Trains Q (and G) against the frozen teacher P for ``cfg.iters`` iterations."""
+    """Trains Q (and G) against the frozen teacher P for ``cfg.iters`` iterations.
+
+    ``snapshot_iters``: iterations (0 = right after calibration) at which the model the run
+    would return is saved under ``snapshots/`` for budget curves; reporting only.
+    """
 
     def __init__(self, adapter: TaskAdapter, teacher: nn.Module, qmodel: nn.Module,
-                 cfg: ZAQConfig, work_dir: Path, seed: int, progress: bool = True) -> None:
+                 cfg: ZAQConfig, work_dir: Path, seed: int, progress: bool = True,
+                 snapshot_iters: tuple[int, ...] = ()) -> None:
         self.adapter = adapter
         self.device = adapter.device
         self.cfg = cfg
         self.work_dir = Path(work_dir)
         self.progress = progress
+        self.snapshot_iters = frozenset(int(i) for i in snapshot_iters)
         self.feature_names = list(adapter.feature_names)
         self.teacher = teacher.eval().requires_grad_(False)
-        self.qmodel = qmodel.requires_grad_(True)  # Q is a copy of P, which may have been frozen
+        self.qmodel = qmodel
+        q_params = trainable_q_parameters(qmodel, cfg.q_params)
+        self.trust_region = WeightTrustRegion(qmodel, cfg.q_trust_steps) if cfg.q_trust_steps else None
+        self.seed = seed
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         torch.manual_seed(seed)
-        self.generator = Generator(adapter.input_spec, cfg.nz, cfg.generator_channels).to(self.device)
-        self.opt_q = torch.optim.SGD(qmodel.parameters(), lr=cfg.q_lr, momentum=cfg.q_momentum,
+        self.generator = Generator(adapter.input_spec, cfg.nz, cfg.generator_channels,
+                                   cfg.gen_output).to(self.device)
+        self.opt_q = torch.optim.SGD(q_params, lr=cfg.q_lr, momentum=cfg.q_momentum,
                                      weight_decay=cfg.q_weight_decay)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.g_lr, betas=cfg.g_betas)
         milestones = sorted({max(1, round(f * cfg.iters)) for f in cfg.lr_milestones})
         self.sched_q = torch.optim.lr_scheduler.MultiStepLR(self.opt_q, milestones, cfg.lr_gamma)
         self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, milestones, cfg.lr_gamma)
         self.iteration = 0
+        self.diagnostics: dict[str, Any] = {}
 
     # -- pieces ---------------------------------------------------------------
     @property
@@ -141,17 +217,31 @@ class ZAQTrainer:
         z = torch.randn(self.cfg.batch_size, self.cfg.nz, generator=self.rng, device=self.device)
         return self.generator(z)
 
-    def _discrepancy(self, x: torch.Tensor, p_grad: bool) -> dict[str, torch.Tensor]:
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.work_dir / "snapshots"
+
+    def _discrepancy(self, x: torch.Tensor, p_grad: bool, bn_prior: bool = False) -> dict[str, Any]:
+        """D_o, D_f (and its per-layer terms), L_a and, with ``bn_prior``, P's BN-statistics loss."""
         forward = self.adapter.forward_raw
+        zero = torch.zeros((), device=self.device)
         with torch.set_grad_enabled(p_grad):
-            p_out, p_feats = forward_with_features(self.teacher, self.feature_names, forward, x)
+            if bn_prior:
+                with bn_statistics_terms(self.teacher) as terms:
+                    p_out, p_feats = forward_with_features(self.teacher, self.feature_names, forward, x)
+                bns = torch.stack(terms).mean()
+            else:
+                p_out, p_feats = forward_with_features(self.teacher, self.feature_names, forward, x)
+                bns = zero
         q_out, q_feats = forward_with_features(self.qmodel, self.feature_names, forward, x)
         d_o = output_discrepancy(q_out, p_out)
         if self.cfg.alpha:
-            d_f = feature_discrepancy(q_feats, p_feats, self.cfg.relation_pool_size, self.cfg.feature_weights)
+            per_layer = layer_discrepancies(q_feats, p_feats, self.cfg.relation_pool_size)
+            d_f = (layer_weights(per_layer, self.cfg.feature_weights) * per_layer).sum()
         else:
-            d_f = torch.zeros((), device=self.device)
-        return {"d_o": d_o, "d_f": d_f, "l_a": activation_regularizer(p_feats)}
+            per_layer, d_f = None, zero
+        return {"d_o": d_o, "d_f": d_f, "l_a": activation_regularizer(p_feats), "bns": bns,
+                "d_f_layers": per_layer}
 
     def _set_q_mode(self) -> None:
         """Q trains, but Dropout stays off (P has none active, so it would only add noise
@@ -183,25 +273,61 @@ class ZAQTrainer:
             self.opt_q.zero_grad(set_to_none=True)
             loss_q.backward()
             self.opt_q.step()
+            if self.trust_region is not None:
+                self.trust_region.project()
         x = self.sample()
-        d = self._discrepancy(x, p_grad=True)
-        loss_g = -d["d_o"] - cfg.alpha * d["d_f"] - cfg.beta * d["l_a"]
+        with clip_fractions(self.qmodel) as clipped:
+            d = self._discrepancy(x, p_grad=True, bn_prior=cfg.bns_weight > 0)
+        loss_g = -d["d_o"] - cfg.alpha * d["d_f"] - cfg.beta * d["l_a"] + cfg.bns_weight * d["bns"]
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward(inputs=list(self.generator.parameters()))  # Q's gradients are not needed here
         self.opt_g.step()
         self.sched_q.step()
         self.sched_g.step()
         self.iteration += 1
+        self.diagnostics = self._diagnostics(x, d, clipped)
         return {"loss_q": loss_q.item(), "loss_g": loss_g.item(), "d_o": d["d_o"].item(),
-                "d_f": d["d_f"].item(), "l_a": d["l_a"].item()}
+                "d_f": d["d_f"].item(), "l_a": d["l_a"].item(), "bns": d["bns"].item()}
 
-    def calibrate(self, batches: int) -> None:
-        """Set Q's activation ranges on generated images (no real data). G stays in train
-        mode, as in the loop, so the images are the ones Q is trained on."""
+    def _diagnostics(self, x: torch.Tensor, d: dict[str, Any], clipped: dict[str, float]) -> dict[str, Any]:
+        """Observed on the generator step's batch; logged beside the losses, never used in training."""
+        per_layer = d["d_f_layers"]
+        return {
+            **image_stats(x.detach(), self.adapter.input_spec),
+            "d_f_layers": [round(v, 6) for v in per_layer.tolist()] if per_layer is not None else [],
+            "clipped": {k: round(v, 6) for k, v in clipped.items()},
+            "w_drift": weight_drift(self.qmodel, self.teacher),
+            "w_drift_steps": self.trust_region.drift_in_steps() if self.trust_region is not None else None,
+            "bn_drift": bn_drift(self.qmodel, self.teacher),
+            "q_lr": self.opt_q.param_groups[0]["lr"],
+        }
+
+    def calibrate(self, batches: int, model: nn.Module | None = None, rng: torch.Generator | None = None) -> None:
+        """Set the activation ranges of Q (or ``model``) on generated images (no real data).
+        G stays in train mode, as in the loop, so the images are the ones Q is trained on;
+        with ``rng`` the draws leave the training RNG and G's buffers as they were."""
         self.generator.train()
+        g_buffers = {k: v.clone() for k, v in self.generator.named_buffers()}
         with torch.no_grad():
-            samples = [self.sample() for _ in range(batches)]
-        calibrate_activations(self.qmodel, samples, self.adapter.forward_raw)
+            samples = []
+            for _ in range(batches):
+                z = torch.randn(self.cfg.batch_size, self.cfg.nz, generator=rng or self.rng, device=self.device)
+                samples.append(self.generator(z))
+            if rng is not None:  # G's BN running stats are never used, but keep its state untouched
+                for name, buf in self.generator.named_buffers():
+                    buf.copy_(g_buffers[name])
+        calibrate_activations(model if model is not None else self.qmodel, samples, self.adapter.forward_raw)
+
+    def returned_model(self) -> nn.Module:
+        """The model the run returns if it ends now: Q, or with ``recalibrate_at_end`` a copy of Q
+        whose ranges are re-set on the current G's images (drawn from a separate RNG, so the
+        training itself is the same whenever this is called)."""
+        if not self.cfg.recalibrate_at_end:
+            return self.qmodel
+        model = copy.deepcopy(self.qmodel)
+        rng = torch.Generator(device=self.device).manual_seed(self.seed + 1_000_003)
+        self.calibrate(self.cfg.calib_batches, model=model, rng=rng)
+        return model
 
     # -- checkpoints ------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -243,7 +369,15 @@ class ZAQTrainer:
 
     def _log(self, losses: dict[str, float]) -> None:
         with open(self.loss_log_path, "a") as f:
-            f.write(json.dumps({"iter": self.iteration, **losses}) + "\n")
+            f.write(json.dumps({"iter": self.iteration, **losses, **self.diagnostics}) + "\n")
+
+    def save_snapshot(self) -> None:
+        """The model this run would return if it ended now (weights + activation ranges)."""
+        if self.iteration in self.snapshot_iters:
+            model = self.returned_model()
+            atomic_save({"iteration": self.iteration, "qmodel": model.state_dict(),
+                         "quantizer": quantizer_state(model)},
+                        self.snapshot_dir / f"iter_{self.iteration:06d}.pth")
 
     def _trim_log(self) -> None:
         """After a resume, drop logged iterations newer than the checkpoint."""
@@ -261,7 +395,10 @@ class ZAQTrainer:
             self._trim_log()
         else:
             self.loss_log_path.unlink(missing_ok=True)
+            for old in self.snapshot_dir.glob("iter_*.pth"):
+                old.unlink()
             self.calibrate(self.cfg.calib_batches)
+            self.save_snapshot()
         bar = tqdm(total=self.cfg.iters, initial=self.iteration, desc="zaq", disable=not self.progress,
                    dynamic_ncols=True, leave=False)
         try:
@@ -272,6 +409,7 @@ class ZAQTrainer:
                     self._log(losses)
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
+                    self.save_snapshot()
                     if self.iteration % self.cfg.checkpoint_interval == 0:
                         self.save_checkpoint()
         finally:
@@ -281,8 +419,5 @@ class ZAQTrainer:
             raise Interrupted(f"interrupted at iteration {self.iteration}; checkpoint saved to "
                               f"{self.checkpoint_path}; rerun with --resume to continue")
         self.save_checkpoint()
-        if self.cfg.recalibrate_at_end:
-            self.calibrate(self.cfg.calib_batches)
         atomic_save(self.generator.state_dict(), self.work_dir / "generator.pth")
-        self.qmodel.eval()
-        return self.qmodel
+        return self.returned_model().eval()

@@ -31,6 +31,7 @@ class RunContext:
     work_dir: Path  # this (method, bits, seed) run's own folder
     resume: bool = False
     progress: bool = True
+    snapshot_iters: tuple[int, ...] = ()  # ZAQ: save the returned model at these iterations (curves)
 
 
 @dataclass
@@ -140,11 +141,18 @@ class ZAQ(Method):
     options = {f: getattr(ZAQConfig(), f) for f in ZAQConfig.__dataclass_fields__}
     overrides: dict[str, Any] = {}
 
+    def __init__(self, **cfg: Any) -> None:
+        super().__init__(**cfg)
+        self.zaq_config()  # impossible values fail when the plan is built, before any work
+
+    def zaq_config(self) -> ZAQConfig:
+        return ZAQConfig.from_dict({**self.cfg, **self.overrides})
+
     def run(self, ctx: RunContext) -> MethodOutput:
-        cfg = ZAQConfig.from_dict({**self.cfg, **self.overrides})
+        cfg = self.zaq_config()
         qmodel = self.quantize(ctx)
         trainer = ZAQTrainer(ctx.adapter, copy.deepcopy(ctx.teacher), qmodel, cfg, ctx.work_dir, ctx.seed,
-                             ctx.progress)
+                             ctx.progress, ctx.snapshot_iters)
         trained = trainer.run(resume=ctx.resume)
         return MethodOutput(trained, calib_data="zaq-generator", iters=cfg.iters)
 

@@ -54,7 +54,7 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-def check_writable(path: Path) -> None:
+def check_writable(path: Path, columns: list[str] = COLUMNS) -> None:
     """Fail before any work if the results file cannot be written."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -67,34 +67,35 @@ def check_writable(path: Path) -> None:
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise UserError(f"--out '{path}' is not writable; choose another path with --out")
     if path.exists() and path.stat().st_size:
-        read_header(path)
+        read_header(path, columns)
 
 
-def read_header(path: Path) -> list[str]:
+def read_header(path: Path, columns: list[str] = COLUMNS) -> list[str]:
     with open(path, newline="") as f:
         header = next(csv.reader(f), [])
-    if header != COLUMNS:
+    if header != columns:
         raise UserError(f"{path} has a header that does not match the results schema; "
                         "move it away or pass another --out")
     return header
 
 
-def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append ``rows`` (dicts with exactly ``COLUMNS``) to ``path`` under a lock, atomically."""
+def append_rows(path: Path, rows: list[dict[str, Any]], columns: list[str] = COLUMNS) -> None:
+    """Append ``rows`` (dicts with exactly ``columns``) to ``path`` under a lock, atomically:
+    all of them or, if anything fails, none."""
     path = Path(path)
     for row in rows:
-        if set(row) != set(COLUMNS):
-            raise ValueError(f"row keys differ from the schema: {sorted(set(row) ^ set(COLUMNS))}")
+        if set(row) != set(columns):
+            raise ValueError(f"row keys differ from the schema: {sorted(set(row) ^ set(columns))}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         existing = ""
         if path.exists() and path.stat().st_size:
-            read_header(path)
+            read_header(path, columns)
             existing = path.read_text()
             if not existing.endswith("\n"):
                 existing += "\n"
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         if not existing:
             writer.writeheader()
         writer.writerows(rows)

@@ -157,7 +157,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass
+class Plan:
+    """Everything a run needs, built and validated before any teacher training or method run."""
+
+    task: str
+    model_name: str
+    cfg: Any
+    adapter: Any
+    jobs: list["Job"]
+    quant_preset: str
+    out: Path
+    device: torch.device
+    cache_dir: Path
+    work_root: Path
+
+    def run_dir(self, job: "Job", seed: int) -> Path:
+        return self.work_root / self.task / self.model_name / run_dir_name(
+            job.method_name, job.wbits, job.abits, seed, job.config_hash)
+
+    def device_label(self) -> str:
+        """The device and, on the CPU, torch's thread count: results move with both."""
+        return f"cpu threads={torch.get_num_threads()}" if self.device.type == "cpu" else str(self.device)
+
+
+def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, Any]] | None = None) -> Plan:
+    """Load the config, check every option, and list the (method, bits) jobs; no work yet.
+
+    ``method_overrides`` replace method options after the config (the budget-curve tool
+    sets ``iters`` this way), so they are part of each job's config hash.
+    """
     if not args.config:
         task_class(args.task)  # unknown task -> one line listing the valid ones
     path = config_path(args.task, args.model, args.config, REPO_ROOT / "configs")
@@ -182,8 +211,9 @@ def run(args: argparse.Namespace) -> int:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as err:
         raise UserError(f"device '{args.device}' is not usable here: {str(err).splitlines()[0]}") from None
-    method_cfgs = {name: dict(cfg.get("methods", {}).get(name, {})) for name in methods}
-    for name in methods:  # unknown method options fail before any training
+    method_cfgs = {name: {**dict(cfg.get("methods", {}).get(name, {})), **(method_overrides or {}).get(name, {})}
+                   for name in methods}
+    for name in methods:  # unknown or impossible method options fail before any training
         build_method(name, **method_cfgs[name])
 
     cache_dir = default_cache_dir()
@@ -191,61 +221,82 @@ def run(args: argparse.Namespace) -> int:
                          cache_dir=cache_dir, device=device)
     teacher_id = teacher_identity(adapter, args, cache_dir)
     work_root = Path(args.work_dir) if args.work_dir else REPO_ROOT / "work_dirs"
-    jobs = [(name, FP_BITS, FP_BITS) for name in methods if name == "fp"]
-    jobs += [(name, w, a) for (w, a) in bit_pairs for name in methods if name != "fp"]
-    plan = []
-    for name, wbits, abits in jobs:
+    pairs = [(name, FP_BITS, FP_BITS) for name in methods if name == "fp"]
+    pairs += [(name, w, a) for (w, a) in bit_pairs for name in methods if name != "fp"]
+    jobs = []
+    for name, wbits, abits in pairs:
         qconfig = base_qconfig.with_bits(wbits, abits)
         method = build_method(name, **method_cfgs[name])
         chash = short_hash({"model": model_name, "task": cfg.get("task"), "quant": qconfig.to_dict(),
                             "method": name, "method_cfg": method.cfg, "teacher": teacher_id})
-        plan.append(Job(name, wbits, abits, qconfig, method, chash))
-    done = existing_runs(out) if args.dry_run or args.skip_existing else {}
+        jobs.append(Job(name, wbits, abits, qconfig, method, chash))
+    return Plan(args.task, model_name, cfg, adapter, jobs, quant_cfg.get("preset", "default"), out, device,
+                cache_dir, work_root)
+
+
+def prepare_teacher(plan: Plan, args: argparse.Namespace) -> tuple[Any, dict[str, float]]:
+    """P (trained once and cached, or the user's checkpoint) and its metrics."""
+    torch.manual_seed(args.seed)
+    print(f"[zaqbench] {plan.task}/{plan.model_name}: preparing the full-precision model", file=sys.stderr)
+    teacher, teacher_source = get_teacher(plan.adapter, plan.task, plan.cache_dir, args.checkpoint,
+                                          args.trust_checkpoint)
+    fp_metrics = plan.adapter.evaluate(teacher)
+    print(f"[zaqbench] FP {plan.adapter.metric} = {fp_metrics[plan.adapter.metric]:.4f} "
+          f"(teacher: {teacher_source})", file=sys.stderr)
+    return teacher, fp_metrics
+
+
+def result_row(plan: Plan, job: "Job", seed: int, metrics: dict[str, float], fp_value: float,
+               calib_data: str, quantized: bool, commit: str) -> dict[str, Any]:
+    """The columns every result row shares: identity, metric, protocol, provenance."""
+    metric = plan.adapter.metric
+    protocol = job.qconfig.protocol(calib_data) if quantized else \
+        {**job.qconfig.protocol("none"), "w_granularity": "fp", "first_last_fp": "all"}
+    return {
+        "task": plan.task, "model": plan.model_name, "dataset": plan.adapter.dataset_name,
+        "method": job.method_name, "wbits": job.wbits, "abits": job.abits, "metric": metric,
+        "value": round(metrics[metric], 4), "fp_value": round(fp_value, 4),
+        "extra_metrics": format_extra_metrics({k: v for k, v in metrics.items() if k != metric}),
+        "seed": seed, **protocol, "quant_preset": plan.quant_preset, "config_hash": job.config_hash,
+        "device": plan.device_label(), "commit": commit, "date": now_iso(),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = build_plan(args)
+    jobs = plan.jobs
+    done = existing_runs(plan.out) if args.dry_run or args.skip_existing else {}
     if args.dry_run:
-        print_plan(plan, done, args.seed)
+        print_plan(jobs, done, args.seed)
         return 0
     if args.skip_existing:
-        plan = [j for j in plan if j.key(args.seed) not in done]
-        if not plan:
-            print(f"[zaqbench] every requested run already has a row in {out}", file=sys.stderr)
+        jobs = [j for j in jobs if j.key(args.seed) not in done]
+        if not jobs:
+            print(f"[zaqbench] every requested run already has a row in {plan.out}", file=sys.stderr)
             return 0
 
-    torch.manual_seed(args.seed)
-    print(f"[zaqbench] {args.task}/{model_name}: preparing the full-precision model", file=sys.stderr)
-    teacher, teacher_source = get_teacher(adapter, args.task, cache_dir, args.checkpoint, args.trust_checkpoint)
-    fp_metrics = adapter.evaluate(teacher)
-    fp_value = fp_metrics[adapter.metric]
-    print(f"[zaqbench] FP {adapter.metric} = {fp_value:.4f} (teacher: {teacher_source})", file=sys.stderr)
-
+    teacher, fp_metrics = prepare_teacher(plan, args)
+    fp_value = fp_metrics[plan.adapter.metric]
     commit = git_commit()
     printed: list[dict[str, Any]] = []
-    for job in plan:
-        name, wbits, abits, qconfig = job.method_name, job.wbits, job.abits, job.qconfig
-        run_dir = work_root / args.task / model_name / run_dir_name(name, wbits, abits, args.seed, job.config_hash)
-        ctx = RunContext(adapter, teacher, qconfig, args.seed, run_dir, args.resume, not args.no_progress)
+    for job in jobs:
+        name, wbits, abits = job.method_name, job.wbits, job.abits
+        ctx = RunContext(plan.adapter, teacher, job.qconfig, args.seed, plan.run_dir(job, args.seed),
+                         args.resume, not args.no_progress)
         print(f"[zaqbench] {name} W{wbits}A{abits} ...", file=sys.stderr)
         torch.manual_seed(args.seed)
         start = time.perf_counter()
         result: MethodOutput = job.method.run(ctx)
-        metrics = fp_metrics if result.model is teacher else adapter.evaluate(result.model)
+        metrics = fp_metrics if result.model is teacher else plan.adapter.evaluate(result.model)
         seconds = time.perf_counter() - start
-        protocol = qconfig.protocol(result.calib_data) if result.quantized else \
-            {**qconfig.protocol("none"), "w_granularity": "fp", "first_last_fp": "all"}
-        row = {
-            "task": args.task, "model": model_name, "dataset": adapter.dataset_name, "method": name,
-            "wbits": wbits, "abits": abits, "metric": adapter.metric,
-            "value": round(metrics[adapter.metric], 4), "fp_value": round(fp_value, 4),
-            "extra_metrics": format_extra_metrics({k: v for k, v in metrics.items() if k != adapter.metric}),
-            "iters": result.iters, "seed": args.seed, "seconds": round(seconds, 1), **protocol,
-            "quant_preset": quant_cfg.get("preset", "default"), "config_hash": job.config_hash,
-            "device": str(device), "commit": commit, "date": now_iso(),
-        }
-        append_rows(out, [row])
+        row = {**result_row(plan, job, args.seed, metrics, fp_value, result.calib_data, result.quantized, commit),
+               "iters": result.iters, "seconds": round(seconds, 1)}
+        append_rows(plan.out, [row])
         printed.append(row)
-        print(f"[zaqbench] {name} W{wbits}A{abits}: {adapter.metric} = {row['value']:.4f} "
+        print(f"[zaqbench] {name} W{wbits}A{abits}: {plan.adapter.metric} = {row['value']:.4f} "
               f"({seconds:.0f}s)", file=sys.stderr)
     print_table(printed)
-    print(f"[zaqbench] {len(printed)} row(s) appended to {out}", file=sys.stderr)
+    print(f"[zaqbench] {len(printed)} row(s) appended to {plan.out}", file=sys.stderr)
     return 0
 
 

@@ -7,13 +7,15 @@ calibration batch that needs no real data.
 """
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from .adapter import TaskAdapter
+from .errors import UserError
 
 
 def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -22,10 +24,11 @@ def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
             and m.running_mean is not None]
 
 
-def bn_statistics_loss(model: nn.Module, x: torch.Tensor,
-                       forward: Callable[[nn.Module, torch.Tensor], object]) -> torch.Tensor:
-    """Sum over BN layers of ||mu_batch - mu_run||_2 + ||sigma_batch - sigma_run||_2,
-    plus the same for the input against N(0, 1) (the normalised data's statistics)."""
+@contextmanager
+def bn_statistics_terms(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Within the block, every forward of ``model`` appends, per BN layer, the term
+    ||mu_batch - mu_run||_2 + ||sigma_batch - sigma_run||_2 of that layer's input.
+    The hooks are removed on exit, whatever happens."""
     terms: list[torch.Tensor] = []
 
     def hook(module, inputs):
@@ -36,14 +39,24 @@ def bn_statistics_loss(model: nn.Module, x: torch.Tensor,
         terms.append(torch.norm(mean - module.running_mean, 2)
                      + torch.norm(std - torch.sqrt(module.running_var + module.eps), 2))
 
-    handles = [m.register_forward_pre_hook(hook) for m in bn_layers(model)]
+    layers = bn_layers(model)
+    if not layers:
+        raise UserError("the model has no BatchNorm layer with running statistics; "
+                        "ZeroQ and the BN-statistics prior need one")
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
     try:
-        forward(model, x)
+        yield terms
     finally:
         for h in handles:
             h.remove()
-    if not terms:
-        raise ValueError("the model has no BatchNorm layer with running statistics; ZeroQ needs one")
+
+
+def bn_statistics_loss(model: nn.Module, x: torch.Tensor,
+                       forward: Callable[[nn.Module, torch.Tensor], object]) -> torch.Tensor:
+    """Sum over BN layers of ||mu_batch - mu_run||_2 + ||sigma_batch - sigma_run||_2,
+    plus the same for the input against N(0, 1) (the normalised data's statistics)."""
+    with bn_statistics_terms(model) as terms:
+        forward(model, x)
     dims = [0, 2, 3]
     input_term = torch.norm(x.mean(dim=dims), 2) + torch.norm(x.std(dim=dims) - 1, 2)
     return torch.stack(terms).sum() + input_term

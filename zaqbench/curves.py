@@ -1,0 +1,125 @@
+"""Budget curves: a ZAQ run's metric at chosen iterations, from its own snapshots.
+
+One run of ``max(points)`` iterations per (method, bits, seed) saves the model it
+would return at every point (iteration 0 is the calibrated Q before any
+training); each snapshot is then evaluated with the task's metric. Evaluation
+happens after training and is for reporting only: it never feeds back into
+training or into which iterate a run returns.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .checkpoint import load_file
+from .errors import UserError
+from .methods import ZAQ, RunContext
+from .quant import load_quantizer_state
+from .registry import method_class
+from .results import COLUMNS, append_rows, check_writable, git_commit
+from .runner import REPO_ROOT, Plan, build_parser, build_plan, prepare_teacher, result_row
+
+CURVE_COLUMNS = [c for c in COLUMNS if c not in ("iters", "seconds")]
+CURVE_COLUMNS.insert(CURVE_COLUMNS.index("metric"), "iteration")
+DEFAULT_POINTS = "0,10,20,40,100,200,400"
+
+
+def parse_int_list(text: str, option: str, minimum: int) -> list[int]:
+    """'0,10,40' -> [0, 10, 40]: sorted, unique, each >= minimum; anything else is one clear error."""
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise UserError(f"{option} must be comma-separated integers, e.g. {DEFAULT_POINTS}; got '{text}'") from None
+    if not values:
+        raise UserError(f"{option} is empty; give at least one value, e.g. {DEFAULT_POINTS}")
+    if values[0] < minimum:
+        raise UserError(f"{option} has {values[0]}; every value must be >= {minimum}")
+    return values
+
+
+def curve_parser() -> argparse.ArgumentParser:
+    p = build_parser()
+    p.description = "Evaluate ZAQ runs at chosen iterations; rows go to results/curves/<task>_<model>.csv."
+    p.add_argument("--points", default=DEFAULT_POINTS,
+                   help=f"iterations to evaluate (0 = calibrated, untrained Q); default {DEFAULT_POINTS}")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: --seed)")
+    p.add_argument("--no-plot", action="store_true", help="do not redraw the curve plot")
+    return p
+
+
+def trained_methods(arg: str | None) -> list[str]:
+    names = [m.strip() for m in (arg or "zaq").split(",") if m.strip()]
+    for name in names:
+        if not issubclass(method_class(name), ZAQ):
+            raise UserError(f"budget curves need methods that train (ZAQ and its ablations); "
+                            f"'{name}' does not: use e.g. --method zaq,zaq-no-feat,zaq-no-act")
+    return names
+
+
+def evaluate_snapshot(plan: Plan, ctx: RunContext, job, iteration: int) -> dict[str, float]:
+    path = ctx.work_dir / "snapshots" / f"iter_{iteration:06d}.pth"
+    if not path.is_file():
+        raise UserError(f"snapshot {path} is missing; rerun without --resume to train the run again")
+    state = load_file(path, map_location=plan.device)
+    qmodel = job.method.quantize(ctx)
+    qmodel.load_state_dict(state["qmodel"])
+    load_quantizer_state(qmodel, state["quantizer"])
+    return plan.adapter.evaluate(qmodel.eval())
+
+
+def run_curves(args: argparse.Namespace) -> Path:
+    points = parse_int_list(args.points, "--points", 0)
+    seeds = parse_int_list(args.seeds, "--seeds", 0) if args.seeds is not None else [args.seed]
+    args.method = ",".join(trained_methods(args.method))
+    out_arg = args.out
+    args.out = None  # the plan checks the main results file; curves go elsewhere
+    iters = max(points)
+    if iters < 1:
+        raise UserError("--points needs at least one iteration > 0")
+    plan = build_plan(args, method_overrides={m: {"iters": iters} for m in args.method.split(",")})
+    out = Path(out_arg) if out_arg else REPO_ROOT / "results" / "curves" / f"{plan.task}_{plan.model_name}.csv"
+    check_writable(out, CURVE_COLUMNS)
+
+    teacher, fp_metrics = prepare_teacher(plan, args)
+    fp_value = fp_metrics[plan.adapter.metric]
+    commit = git_commit()
+    for seed in seeds:
+        for job in plan.jobs:
+            ctx = RunContext(plan.adapter, teacher, job.qconfig, seed, plan.run_dir(job, seed), args.resume,
+                             not args.no_progress, snapshot_iters=tuple(points))
+            print(f"[zaqbench] curve: {job.method_name} W{job.wbits}A{job.abits} seed {seed}, "
+                  f"{iters} iterations", file=sys.stderr)
+            torch.manual_seed(seed)
+            result = job.method.run(ctx)
+            rows: list[dict[str, Any]] = []
+            for it in points:
+                metrics = evaluate_snapshot(plan, ctx, job, it)
+                row = result_row(plan, job, seed, metrics, fp_value, result.calib_data, True, commit)
+                row.update(iteration=it, config_hash=job.config_hash)
+                rows.append(row)
+                print(f"[zaqbench]   iteration {it:5d}: {plan.adapter.metric} = {row['value']:.4f}", file=sys.stderr)
+            append_rows(out, rows, CURVE_COLUMNS)  # the whole curve of a run, or nothing
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = curve_parser().parse_args(argv)
+    try:
+        out = run_curves(args)
+        if not args.no_plot:
+            from .plots import plot_curves
+
+            png = plot_curves(out)
+            print(f"[zaqbench] plot: {png}", file=sys.stderr)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; no curve row was written for the unfinished run", file=sys.stderr)
+        return 130
+    print(f"[zaqbench] curve rows in {out}", file=sys.stderr)
+    return 0
