@@ -32,7 +32,7 @@ def make_trainer(adapter, work_dir, cfg, **kw):
     ("iters", 0), ("q_steps", -1), ("batch_size", 2.5), ("q_lr", 0.0), ("alpha", -1.0),
     ("q_trust_steps", float("nan")), ("lr_milestones", (0.5, 1.5)), ("lr_gamma", 0.0),
     ("gen_output", "sigmoid"), ("q_params", "bn-only"), ("feature_weights", "random"),
-    ("checkpoint_interval", 0), ("g_betas", (0.9,)),
+    ("checkpoint_interval", 0), ("g_betas", (0.9,)), ("q_optimizer", "rmsprop"),
 ])
 def test_impossible_values_name_the_option(option, value):
     with pytest.raises(UserError, match=f"methods.zaq.{option}="):
@@ -158,3 +158,28 @@ def test_bn_statistics_terms_vanish_when_batch_matches_running_stats():
     assert terms[0].item() == pytest.approx(0.0, abs=1e-4)
     assert terms[1].item() == pytest.approx(3 ** 0.5, rel=1e-3)  # mean off by 1 in each of 3 channels
     assert not bn._forward_pre_hooks
+
+
+def test_grid_scaled_adam_moves_each_channel_in_its_own_grid_steps():
+    q, _ = quantize_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 2, 3)),
+                          QConfig(wbits=4, abits=4))
+    with torch.no_grad():  # channels of very different scale: their grid steps differ 100x
+        q[1].weight[0].mul_(100)
+    ref = q[1].weight.detach().clone()
+    step = weight_step(ref, q[1].weight_quant)
+    from zaqbench.trust_region import GridScaledUpdates
+
+    updates = GridScaledUpdates(q)
+    opt = torch.optim.Adam([q[1].weight], lr=0.1)
+    q[1].weight.grad = torch.randn_like(ref)
+    updates.remember()
+    opt.step()
+    updates.rescale()
+    moved_in_steps = (q[1].weight - ref).abs() / step
+    # Adam's first update is lr * sign(grad): exactly 0.1 grid steps of each weight's own channel
+    assert torch.allclose(moved_in_steps, torch.full_like(moved_in_steps, 0.1), rtol=1e-3)
+
+
+def test_grid_optimizer_needs_quantized_weights_only():
+    with pytest.raises(UserError, match="q_optimizer"):
+        ZAQConfig(q_optimizer="adam-grid")

@@ -34,7 +34,7 @@ from .errors import UserError
 from .features import forward_with_features
 from .generator import GENERATOR_OUTPUTS, Generator
 from .quant import calibrate_activations, load_quantizer_state, quant_layers, quantizer_state
-from .trust_region import WeightTrustRegion
+from .trust_region import GridScaledUpdates, WeightTrustRegion
 from .zeroq import bn_statistics_terms
 
 
@@ -67,6 +67,7 @@ class ZAQConfig:
     gen_output: str = "bn"  # 'bn' (official: Tanh + BatchNorm) | 'valid-range' (images in [0, 1] pixels)
     bns_weight: float = 0.0  # weight of a BN-statistics prior on the generator (P's running stats)
     q_params: str = "all"  # what Q trains: 'all' (official) | 'quantized-weights'
+    q_optimizer: str = "sgd"  # 'sgd' (official) | 'adam-grid': Adam moving each weight ~q_lr grid steps
     q_trust_steps: float = 0.0  # > 0: keep Q's weights within this many quantization steps of P's
 
     def __post_init__(self) -> None:
@@ -93,13 +94,15 @@ class ZAQConfig:
             raise bad("lr_milestones", "use fractions of iters in (0, 1), or () for a constant rate")
         if not 0 < self.lr_gamma <= 1:
             raise bad("lr_gamma", "use a factor in (0, 1]")
-        choices = {"feature_weights": FEATURE_WEIGHTS, "gen_output": GENERATOR_OUTPUTS, "q_params": Q_PARAMS}
+        choices = {"feature_weights": FEATURE_WEIGHTS, "gen_output": GENERATOR_OUTPUTS, "q_params": Q_PARAMS,
+                   "q_optimizer": Q_OPTIMIZERS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise bad(name, f"valid values: {', '.join(valid)}")
-        if self.q_trust_steps and self.q_params == "all":
-            raise UserError("methods.zaq.q_trust_steps bounds only the quantized weights; "
-                            "set methods.zaq.q_params='quantized-weights' with it")
+        for name, on in (("q_trust_steps", bool(self.q_trust_steps)), ("q_optimizer", self.q_optimizer != "sgd")):
+            if on and self.q_params == "all":
+                raise UserError(f"methods.zaq.{name}={getattr(self, name)!r} works on the quantized weights only; "
+                                "set methods.zaq.q_params='quantized-weights' with it")
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "ZAQConfig":
@@ -118,6 +121,7 @@ class ZAQConfig:
 
 FEATURE_WEIGHTS = ("uniform", "adaptive")
 Q_PARAMS = ("all", "quantized-weights")
+Q_OPTIMIZERS = ("sgd", "adam-grid")
 
 
 class DivergenceError(UserError):
@@ -195,8 +199,14 @@ class ZAQTrainer:
         torch.manual_seed(seed)
         self.generator = Generator(adapter.input_spec, cfg.nz, cfg.generator_channels,
                                    cfg.gen_output).to(self.device)
-        self.opt_q = torch.optim.SGD(q_params, lr=cfg.q_lr, momentum=cfg.q_momentum,
-                                     weight_decay=cfg.q_weight_decay)
+        if cfg.q_optimizer == "adam-grid":
+            # q_lr is in grid steps per update; weight decay would pull towards 0, not towards P
+            self.opt_q = torch.optim.Adam(q_params, lr=cfg.q_lr)
+            self.grid_updates: GridScaledUpdates | None = GridScaledUpdates(qmodel)
+        else:
+            self.opt_q = torch.optim.SGD(q_params, lr=cfg.q_lr, momentum=cfg.q_momentum,
+                                         weight_decay=cfg.q_weight_decay)
+            self.grid_updates = None
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.g_lr, betas=cfg.g_betas)
         milestones = sorted({max(1, round(f * cfg.iters)) for f in cfg.lr_milestones})
         self.sched_q = torch.optim.lr_scheduler.MultiStepLR(self.opt_q, milestones, cfg.lr_gamma)
@@ -272,7 +282,11 @@ class ZAQTrainer:
             loss_q = d["d_o"] + cfg.alpha * d["d_f"]
             self.opt_q.zero_grad(set_to_none=True)
             loss_q.backward()
+            if self.grid_updates is not None:
+                self.grid_updates.remember()
             self.opt_q.step()
+            if self.grid_updates is not None:
+                self.grid_updates.rescale()
             if self.trust_region is not None:
                 self.trust_region.project()
         x = self.sample()

@@ -50,24 +50,25 @@ def plot_run_diagnostics(run_dirs: dict[str, Path], png_path: Path) -> Path:
     weight drift, generated-image range, L_a."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
-    for label, run_dir in run_dirs.items():
+    for index, (label, run_dir) in enumerate(run_dirs.items()):
         log = read_log(run_dir)
         it = log["iter"]
-        axes[0, 0].plot(it, log["d_o"], label=label)
+        color = f"C{index}"  # one colour per run; line style tells the series apart
+        axes[0, 0].plot(it, log["d_o"], color=color, label=label)
         if "d_f_layers" in log and len(log["d_f_layers"].iloc[0]):
             layers = pd.DataFrame(log["d_f_layers"].tolist())
-            axes[0, 1].plot(it, layers.iloc[:, -1], label=f"{label}: last")
-            axes[0, 1].plot(it, layers.iloc[:, 0], ls=":", label=f"{label}: first")
+            axes[0, 1].plot(it, layers.iloc[:, -1], color=color, label=f"{label}: deepest")
+            axes[0, 1].plot(it, layers.iloc[:, 0], color=color, ls=":", label=f"{label}: shallowest")
         if "clipped" in log:
             clipped = pd.DataFrame(log["clipped"].tolist())
-            axes[0, 2].plot(it, 100 * clipped.mean(axis=1), label=f"{label}: mean")
-            axes[0, 2].plot(it, 100 * clipped.max(axis=1), ls=":", label=f"{label}: worst layer")
+            axes[0, 2].plot(it, 100 * clipped.mean(axis=1), color=color, label=f"{label}: mean")
+            axes[0, 2].plot(it, 100 * clipped.max(axis=1), color=color, ls=":", label=f"{label}: worst layer")
         if "w_drift" in log:
-            axes[1, 0].plot(it, 100 * log["w_drift"], label=label)
+            axes[1, 0].plot(it, 100 * log["w_drift"], color=color, label=label)
         if "img_min" in log:
-            axes[1, 1].plot(it, log["img_min"], label=f"{label}: min")
-            axes[1, 1].plot(it, log["img_max"], ls=":", label=f"{label}: max")
-        axes[1, 2].plot(it, log["l_a"], label=label)
+            axes[1, 1].plot(it, log["img_min"], color=color, label=f"{label}: min")
+            axes[1, 1].plot(it, log["img_max"], color=color, ls=":", label=f"{label}: max")
+        axes[1, 2].plot(it, log["l_a"], color=color, label=label)
     titles = ["D_o (output discrepancy)", "D_f per layer", "clipped activations (%)",
               "weight drift ||Wq-Wp||/||Wp|| (%)", "generated image range", "L_a (P's last features)"]
     for ax, title in zip(axes.flat, titles):

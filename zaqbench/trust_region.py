@@ -67,3 +67,33 @@ class WeightTrustRegion:
             centre, radius = (lo + hi) / 2, (hi - lo) / 2
             worst = max(worst, float(((weight - centre).abs() / radius.clamp_min(1e-12)).max()) * self.steps)
         return worst
+
+
+class GridScaledUpdates:
+    """Rescales each optimiser update of Q's quantized weights by P's per-channel grid step.
+
+    Used with Adam, whose update is invariant to the gradient's scale: the move of a weight per
+    update is then about ``lr`` grid steps of its own channel, whatever the model, layer or bit
+    width. That is a learning rate in the units that matter for a quantized model, where a plain
+    SGD rate means something different for every model (measured: 1e-3 helps ResNet-20 at W4A4
+    and destroys MobileNetV2 at W8A8 within one iteration).
+    """
+
+    def __init__(self, qmodel: nn.Module) -> None:
+        self.params: list[tuple[nn.Parameter, torch.Tensor]] = []
+        for _, layer in quant_layers(qmodel):
+            if layer.weight_quant.active:
+                self.params.append((layer.weight, weight_step(layer.weight, layer.weight_quant)))
+        self._before: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def remember(self) -> None:
+        """Call before ``optimizer.step()``."""
+        self._before = [w.detach().clone() for w, _ in self.params]
+
+    @torch.no_grad()
+    def rescale(self) -> None:
+        """Call after ``optimizer.step()``: w = w_before + step * (w - w_before)."""
+        for (weight, step), before in zip(self.params, self._before):
+            weight.copy_(before + (weight - before) * step)
+        self._before = []

@@ -5,7 +5,7 @@
 # (official OpenMMLab checkpoints carry numpy objects in their meta, hence --trust-checkpoint).
 # Nothing is downloaded: the ImageNet init is dropped. Backbone BN is left trainable,
 # which changes nothing when the official weights are loaded.
-_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
+_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', '../_base_/zaq_stable.py']
 
 model = dict(backbone=dict(init_cfg=None, frozen_stages=-1, norm_eval=False))
 

@@ -8,7 +8,7 @@
 #
 # (official checkpoints carry numpy objects in their meta, hence --trust-checkpoint).
 # The stock SyncBN layers are reverted to BN by the adapter, so one process runs it.
-_base_ = ['mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-40k_cityscapes-512x1024.py']
+_base_ = ['mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-40k_cityscapes-512x1024.py', '../_base_/zaq_stable.py']
 
 model = dict(pretrained=None)
 
