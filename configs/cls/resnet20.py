@@ -13,10 +13,11 @@ default_methods = ["fp", "ptq", "real-ptq", "zeroq", "zaq", "zaq-no-feat", "zaq-
 # CPU-sized schedule; the stabilisers come from configs/_base_/zaq_stable.py (merged key by key),
 # every other knob keeps the paper's default (zaqbench/engine.py ZAQConfig).
 zaq_cpu = dict(iters=40, batch_size=32, relation_pool_size=14, checkpoint_interval=10, calib_batches=4)
-# The noise baselines get 16 batches (2048 images) and ZeroQ two distilled batches, so their own
-# spread over seeds is small and a comparison is not won through their noise.
+# Calibration budgets, measured on seed 0/1: real-ptq gets 16 batches (2048 images) and ZeroQ two
+# distilled batches, which made both steady (README). Noise calibration stays at 4 batches: its
+# min/max ranges only widen with more Gaussian samples, and 16 batches fell from ~89 % to ~75 % top-1.
 methods = dict(
-    ptq=dict(batch_size=128, calib_batches=16),
+    ptq=dict(batch_size=128, calib_batches=4),
     zeroq=dict(batch_size=64, calib_batches=2, distill_iters=200),
     zaq=zaq_cpu,
     **{"real-ptq": dict(batch_size=128, calib_batches=16), "zaq-no-feat": zaq_cpu, "zaq-no-act": zaq_cpu},
