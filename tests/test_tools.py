@@ -76,3 +76,16 @@ def test_committed_results_readme_is_reproducible():
     if not readme.exists():
         pytest.skip("no committed results/README.md")
     assert render(ROOT / "results", lambda _: None) == readme.read_text()
+
+
+def test_rankings_are_claimed_only_beyond_the_seed_spread(tmp_path):
+    rows = [_row(method="fp", wbits=32, abits=32, value=90.0)]
+    for seed, (zaq, ptq, zeroq) in enumerate([(88.0, 80.0, 87.5), (88.2, 80.4, 88.6), (87.8, 79.6, 87.0)]):
+        rows += [_row(method="zaq", value=zaq, seed=seed), _row(method="ptq", value=ptq, seed=seed),
+                 _row(method="zeroq", value=zeroq, seed=seed)]
+    append_rows(tmp_path / "cls.csv", rows)
+    text = render(tmp_path, lambda _: None)
+    lines = {ln.split("|")[3].strip(): ln for ln in text.splitlines() if ln.startswith("| m | W4A4 |")}
+    assert "zaq ahead" in lines["ptq"] and "+8.00" in lines["ptq"]
+    # zeroq's mean is 0.3 below but its std (0.8) is larger: no ranking is claimed
+    assert "within the seed spread" in lines["zeroq"]
