@@ -36,6 +36,7 @@ def test_curve_rows_for_every_point_seed_and_method(env):
     assert keys == [(m, s, i) for s in "01" for m in ("zaq", "zaq-no-feat") for i in "013"]
     assert all(r["calib_data"] == "zaq-generator" and r["w_granularity"] == "per-channel" for r in written)
     assert all(r["device"].startswith("cpu threads=") for r in written)
+    assert written[0]["cfg_options"] == ";".join(TINY)
     assert env["out"].with_suffix(".png").is_file()
     # every run trained max(points) iterations and kept its snapshots
     runs = list(Path(env["work"]).glob("cls/resnet20/zaq-w4a4-s0-*/snapshots"))

@@ -25,6 +25,7 @@ from .runner import REPO_ROOT, Plan, build_parser, build_plan, prepare_teacher, 
 
 CURVE_COLUMNS = [c for c in COLUMNS if c not in ("iters", "seconds")]
 CURVE_COLUMNS.insert(CURVE_COLUMNS.index("metric"), "iteration")
+CURVE_COLUMNS.insert(CURVE_COLUMNS.index("config_hash"), "cfg_options")  # what the run changed (ablations)
 DEFAULT_POINTS = "0,10,20,40,100,200,400"
 
 
@@ -99,7 +100,7 @@ def run_curves(args: argparse.Namespace) -> Path:
             for it in points:
                 metrics = evaluate_snapshot(plan, ctx, job, it)
                 row = result_row(plan, job, seed, metrics, fp_value, result.calib_data, True, commit)
-                row.update(iteration=it, config_hash=job.config_hash)
+                row.update(iteration=it, cfg_options=";".join(args.cfg_options))
                 rows.append(row)
                 print(f"[zaqbench]   iteration {it:5d}: {plan.adapter.metric} = {row['value']:.4f}", file=sys.stderr)
             append_rows(out, rows, CURVE_COLUMNS)  # the whole curve of a run, or nothing
