@@ -5,7 +5,7 @@ TASK ?= cls
 MODEL ?=
 ARGS ?=
 
-.PHONY: setup test bench run tables regenerate clean
+.PHONY: setup test bench run tables regenerate curves clean
 
 setup:
 	bash tools/setup_env.sh
@@ -31,3 +31,8 @@ regenerate: setup
 
 tables: setup
 	$(PY) tools/make_tables.py
+
+# Issue 10: ZAQ's budget curve (metric against iteration) for a task's default model, 3 seeds.
+curves: setup
+	$(PY) tools/budget_curve.py --task $(TASK) $(if $(MODEL),--model $(MODEL)) --method zaq --bits 4 \
+		--seeds 0,1,2 --points 0,10,20,40,100,200,400 $(ARGS)
