@@ -89,3 +89,20 @@ def test_rankings_are_claimed_only_beyond_the_seed_spread(tmp_path):
     assert "zaq ahead" in lines["ptq"] and "+8.00" in lines["ptq"]
     # zeroq's mean is 0.3 below but its std (0.8) is larger: no ranking is claimed
     assert "within the seed spread" in lines["zeroq"]
+
+
+def test_curve_tables_show_mean_and_std_per_iteration(tmp_path):
+    from zaqbench.curves import CURVE_COLUMNS
+
+    def crow(seed, iteration, value, options=""):
+        base = {c: "x" for c in CURVE_COLUMNS}
+        base.update(task="cls", model="m", method="zaq", wbits=4, abits=4, metric="top1", seed=seed,
+                    iteration=iteration, value=value, fp_value=90.0, cfg_options=options)
+        return base
+
+    rows = [crow(s, it, v) for s, vals in enumerate([(80.0, 85.0), (82.0, 87.0)]) for it, v in zip((0, 40), vals)]
+    rows.append(crow(0, 0, 70.0, "methods.zaq.bns_weight=0.0"))
+    append_rows(tmp_path / "curves" / "cls_m.csv", rows, CURVE_COLUMNS)
+    text = render(tmp_path, lambda _: None)
+    assert "| m | zaq | W4A4 | (config as is) | 81.00 ± 1.41 (2) | 86.00 ± 1.41 (2) |" in text
+    assert "| m | zaq | W4A4 | bns_weight=0.0 | 70.00 | – |" in text
