@@ -21,7 +21,7 @@ from .methods import ZAQ, RunContext
 from .quant import load_quantizer_state
 from .registry import method_class
 from .results import COLUMNS, append_rows, check_writable, git_commit
-from .runner import REPO_ROOT, Plan, build_parser, build_plan, prepare_teacher, result_row
+from .runner import REPO_ROOT, Plan, build_parser, build_plan, cli, prepare_teacher, result_row
 
 CURVE_COLUMNS = [c for c in COLUMNS if c not in ("iters", "seconds")]
 CURVE_COLUMNS.insert(CURVE_COLUMNS.index("metric"), "iteration")
@@ -109,18 +109,14 @@ def run_curves(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = curve_parser().parse_args(argv)
-    try:
+
+    def work() -> int:
         out = run_curves(args)
         if not args.no_plot:
             from .plots import plot_curves
 
-            png = plot_curves(out)
-            print(f"[zaqbench] plot: {png}", file=sys.stderr)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; no curve row was written for the unfinished run", file=sys.stderr)
-        return 130
-    print(f"[zaqbench] curve rows in {out}", file=sys.stderr)
-    return 0
+            print(f"[zaqbench] plot: {plot_curves(out)}", file=sys.stderr)
+        print(f"[zaqbench] curve rows in {out}", file=sys.stderr)
+        return 0
+
+    return cli(work, unfinished="curve row")

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -146,15 +146,20 @@ def method_list(arg: str | None, cfg) -> list[str]:
     return names
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def cli(work: Callable[[], int], unfinished: str = "result row") -> int:
+    """Run ``work``; bad input is one ``error:`` line and exit status 2, Ctrl-C exit status 130."""
     try:
-        return run(build_parser().parse_args(argv))
+        return work()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; no result row was written for the unfinished run", file=sys.stderr)
+        print(f"error: interrupted; no {unfinished} was written for the unfinished run", file=sys.stderr)
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli(lambda: run(build_parser().parse_args(argv)))
 
 
 @dataclass
