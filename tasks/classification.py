@@ -130,7 +130,8 @@ class ClassificationAdapter(TaskAdapter):
         limit = self.eval_cfg.get("max_samples") or len(ds)
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(min(limit, len(ds)))),
                                              batch_size=64)
-        xs, ys = zip(*[(x, y) for x, y in tqdm(loader, desc=f"loading {folder}", leave=False)])
+        xs, ys = zip(*[(x, y) for x, y in tqdm(loader, desc=f"loading {folder}", leave=False,
+                                                       disable=not self.progress)])
         self._splits[name] = TensorSplit(torch.cat(xs), torch.cat(ys))
         return self._splits[name]
 
@@ -185,7 +186,8 @@ class ClassificationAdapter(TaskAdapter):
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], epochs=cfg["epochs"],
                                                     steps_per_epoch=steps_per_epoch)
         model.train()
-        bar = tqdm(total=cfg["epochs"] * steps_per_epoch, desc="teacher", dynamic_ncols=True)
+        bar = tqdm(total=cfg["epochs"] * steps_per_epoch, desc="teacher", dynamic_ncols=True,
+                   disable=not self.progress)
         for _ in range(cfg["epochs"]):
             order = torch.randperm(len(train), generator=g)
             for i in range(steps_per_epoch):

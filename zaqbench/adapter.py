@@ -48,6 +48,8 @@ class TaskAdapter(abc.ABC):
 
     #: name of the primary metric, e.g. 'top1', 'bbox_mAP', 'mIoU'
     metric: str = ""
+    #: show progress bars for long work (teacher training, data loading); ``--no-progress`` clears it
+    progress: bool = True
 
     def __init__(
         self,
