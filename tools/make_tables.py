@@ -196,6 +196,14 @@ def render(results_dir: Path, warn) -> str:
             if (results_dir / plot).exists():
                 parts.append(f"![{plot}]({plot})")
         parts.append("")
+    for folder, title in (("threads", "Other thread counts"), ("fresh_clone", "A fresh clone with an empty cache")):
+        for path in sorted((results_dir / folder).glob("*.csv")):
+            rows = read_rows(path, warn)
+            if not rows:
+                continue
+            df = pd.DataFrame(rows).drop_duplicates(subset=["model", "method", "wbits", "abits", "seed"], keep="last")
+            parts += [f"# {title}: `{folder}/{path.name}`", "", task_section(rows[0]["task"], df)]
+            parts.extend(ranking_lines(df))
     curves = sorted((results_dir / "curves").glob("*.csv")) + sorted((results_dir / "ablations").glob("*_stabilisers.csv"))
     if curves:
         parts += ["## Budget curves and stabiliser ablations", "",
