@@ -75,7 +75,9 @@ def plot_generated(task: str, model: str, run: Path, out: Path, n: int = 16) -> 
     state = torch.load(run / "generator.pth", weights_only=True)
     nz = state["project.weight"].shape[1]
     channels = state["seed_bn.weight"].shape[0]
-    gen = Generator(spec, nz=nz, channels=channels)
+    # the head's output mode is in the run's config (no final BatchNorm: 'valid-range')
+    output = json.loads(torch.load(run / "checkpoint.pth", weights_only=True)["config"]).get("gen_output", "bn")
+    gen = Generator(spec, nz=nz, channels=channels, output=output)
     gen.load_state_dict(state)
     gen.train()  # batch statistics, as when Q trained on these images (engine.calibrate / the Q step)
     with torch.no_grad():

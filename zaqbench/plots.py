@@ -30,6 +30,7 @@ def plot_curves(csv_path: Path, png_path: Path | None = None) -> Path:
                     label=label)
     ax.axhline(df["fp_value"].max(), color="k", ls="--", lw=1, label="FP")
     ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlim(-1, df["iteration"].max() * 1.15)
     ax.set_xlabel("ZAQ iteration")
     ax.set_ylabel(df["metric"].iloc[0])
     ax.set_title(f"{df['task'].iloc[0]} / {df['model'].iloc[0]}: budget curve")
