@@ -152,7 +152,7 @@ def ranking_lines(df: pd.DataFrame, reference: str = "zaq") -> list[str]:
 def curve_section(path: Path, title: str) -> list[str]:
     """A budget-curve CSV as a table: one line per (model, method, bits, run options), the metric
     at each iteration as mean ± std over the seeds present."""
-    df = pd.read_csv(path)
+    df = pd.read_csv(path, dtype={"cfg_options": str})
     if df.empty:
         return []
     df["bits"] = "W" + df["wbits"].astype(str) + "A" + df["abits"].astype(str)
