@@ -22,16 +22,12 @@ from .quant.fake_quant import FakeQuantizer, affine_qparams
 def weight_step(weight: torch.Tensor, quantizer: FakeQuantizer) -> torch.Tensor:
     """The quantization step of ``weight`` under ``quantizer``, broadcastable to ``weight``:
     shape (C_out, 1, ...) for per-channel quantizers, () for per-tensor ones."""
-    w = weight.detach()
+    lo, hi = quantizer.current_range(weight.detach())  # the range the quantizer itself would use
+    scale, _ = affine_qparams(lo, hi, quantizer.bits, quantizer.symmetric)
     if quantizer.per_channel:
-        flat = w.transpose(0, quantizer.ch_axis).reshape(w.shape[quantizer.ch_axis], -1)
-        lo, hi = torch.aminmax(flat, dim=1)
-        scale, _ = affine_qparams(lo, hi, quantizer.bits, quantizer.symmetric)
-        shape = [1] * w.dim()
+        shape = [1] * weight.dim()
         shape[quantizer.ch_axis] = -1
         return scale.view(shape)
-    lo, hi = torch.aminmax(w)
-    scale, _ = affine_qparams(lo, hi, quantizer.bits, quantizer.symmetric)
     return scale
 
 

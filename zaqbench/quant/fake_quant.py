@@ -115,7 +115,7 @@ class FakeQuantizer(nn.Module):
             torch.minimum(self.min_val, lo, out=self.min_val)
             torch.maximum(self.max_val, hi, out=self.max_val)
 
-    def _current_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def current_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = x.detach().transpose(0, self.ch_axis).reshape(x.shape[self.ch_axis], -1)
         if self.per_channel:
             return torch.aminmax(flat, dim=1)
@@ -125,7 +125,7 @@ class FakeQuantizer(nn.Module):
         if not self.active:
             return x
         if self.range_rule == "current":
-            lo, hi = self._current_range(x)
+            lo, hi = self.current_range(x)
         else:
             if self.observing or not self.has_range:
                 self.observe(x)
