@@ -15,6 +15,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .errors import UserError
+
 Nested = Any  # a tensor, or lists / tuples / dicts of them
 
 
@@ -50,6 +52,9 @@ class TaskAdapter(abc.ABC):
     metric: str = ""
     #: show progress bars for long work (teacher training, data loading); ``--no-progress`` clears it
     progress: bool = True
+    #: top-level keys of ``cfg.task`` this adapter reads; any other key is a typo and an error
+    #: (``type`` is always allowed). Empty means "not declared": no check.
+    task_fields: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -65,6 +70,17 @@ class TaskAdapter(abc.ABC):
         self.data_root = data_root
         self.cache_dir = Path(cache_dir)
         self.device = torch.device(device)
+
+    def check(self) -> None:
+        """Validate the adapter's own config and data layout before any work (teacher
+        training, method runs); raise ``UserError`` with one line naming the fix.
+        Called by the runner's plan; the default checks ``task_fields``."""
+        if not self.task_fields:
+            return
+        unknown = sorted(set(self.task_cfg) - set(self.task_fields) - {"type"})
+        if unknown:
+            raise UserError(f"unknown task field(s) {', '.join('task.' + k for k in unknown)}; "
+                            f"valid fields: {', '.join(sorted(self.task_fields))}")
 
     # 1. the full-precision model -------------------------------------------
     @abc.abstractmethod

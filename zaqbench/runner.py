@@ -225,6 +225,7 @@ def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, A
     adapter = build_task(args.task, cfg=cfg, model_name=model_name, data_root=args.data_root,
                          cache_dir=cache_dir, device=device)
     adapter.progress = not args.no_progress
+    adapter.check()
     teacher_id = teacher_identity(adapter, args, cache_dir)
     work_root = Path(args.work_dir) if args.work_dir else REPO_ROOT / "work_dirs"
     pairs = [(name, FP_BITS, FP_BITS) for name in methods if name == "fp"]
