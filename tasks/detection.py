@@ -88,6 +88,7 @@ class DetectionAdapter(TaskAdapter):
     """
 
     metric = "bbox_mAP"
+    task_fields = frozenset({"data", "eval", "features", "input_size", "teacher"})
 
     def __init__(self, cfg: Any, model_name: str, data_root: str | None, cache_dir: Path,
                  device: torch.device) -> None:

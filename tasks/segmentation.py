@@ -147,6 +147,7 @@ class SegmentationAdapter(TaskAdapter):
     """
 
     metric = "mIoU"
+    task_fields = frozenset({"data", "eval", "features", "input_size", "teacher"})
 
     def __init__(self, cfg: Any, model_name: str, data_root: str | None, cache_dir: Path,
                  device: torch.device) -> None:

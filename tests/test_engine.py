@@ -133,7 +133,20 @@ def test_ctrl_c_finishes_the_iteration_saves_and_exits(cls_adapter, tmp_path):
         return losses
 
     trainer.step = step_then_ctrl_c
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN under nohup, Python's default otherwise
     with pytest.raises(Interrupted, match="--resume"):
         trainer.run()
     assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["iteration"] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # whatever was installed before is restored
+
+
+def test_ctrl_c_handling_works_when_sigint_starts_ignored(cls_adapter, tmp_path):
+    """Under ``nohup`` SIGINT starts ignored: the loop still installs its handler and restores SIG_IGN."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        test_ctrl_c_finishes_the_iteration_saves_and_exits(cls_adapter, tmp_path)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -28,6 +28,7 @@ def make_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 @TASKS.register_module(name="toy")
 class ToyAdapter(TaskAdapter):
     metric = "accuracy"
+    task_fields = frozenset({"width"})  # task.<anything else> is a typo, reported before any work
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -41,6 +42,11 @@ class ToyAdapter(TaskAdapter):
             nn.Conv2d(width, width, 3, padding=1, stride=2), nn.BatchNorm2d(width), nn.ReLU(),
             nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, 4),
         ).to(self.device)
+
+    def teacher_key(self) -> dict[str, Any]:
+        """Everything the teacher depends on: the architecture's width and the (fixed) data and
+        recipe. The run's --seed is not part of it: the core trains teachers from a fixed seed."""
+        return {**super().teacher_key(), "width": int(self.task_cfg.get("width", 8)), "recipe": "adam-1e-2-60"}
 
     def train_teacher(self, model: nn.Module) -> None:
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)

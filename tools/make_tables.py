@@ -22,7 +22,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from zaqbench.results import COLUMNS  # noqa: E402
+from zaqbench.results import COLUMNS, read_csv_rows, read_frame  # noqa: E402
 
 TASKS = {"cls": "Classification", "det": "Detection", "seg": "Segmentation"}
 METHOD_ORDER = ["fp", "ptq", "zeroq", "zaq", "zaq-no-feat", "zaq-no-act", "real-ptq"]
@@ -33,36 +33,28 @@ NUMERIC = {"wbits": int, "abits": int, "value": float, "fp_value": float, "seed"
 
 
 def read_rows(path: Path, warn) -> list[dict]:
-    """Valid rows of one CSV; every invalid line is reported and skipped."""
+    """Valid rows of one CSV; every invalid line (bad bytes, torn, wrong values) is reported and skipped."""
     rows: list[dict] = []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            return rows
+    header, lines = read_csv_rows(path, warn)
+    if header:
         missing = [c for c in COLUMNS if c not in header]
         if missing:
             warn(f"{path}:1: header lacks column(s) {missing}; rows are read without them")
-        for line_no, fields in enumerate(reader, start=2):
-            if len(fields) != len(header):
-                warn(f"{path}:{line_no}: {len(fields)} fields where the header has {len(header)} "
-                     "(torn or malformed line); skipped")
-                continue
-            row = dict(zip(header, fields))
-            if row.get("task") not in TASKS:
-                warn(f"{path}:{line_no}: unknown task {row.get('task')!r}; skipped")
-                continue
-            try:
-                for col, kind in NUMERIC.items():
-                    if col in row:
-                        row[col] = kind(row[col])
-            except ValueError as err:
-                warn(f"{path}:{line_no}: {err}; skipped")
-                continue
-            if any(c not in row for c in ("model", "method", "wbits", "abits", "value", "fp_value")):
-                warn(f"{path}:{line_no}: lacks a column needed for the table; skipped")
-                continue
-            rows.append(row)
+    for line_no, row in lines:
+        if row.get("task") not in TASKS:
+            warn(f"{path}:{line_no}: unknown task {row.get('task')!r}; skipped")
+            continue
+        try:
+            for col, kind in NUMERIC.items():
+                if col in row:
+                    row[col] = kind(row[col])
+        except ValueError as err:
+            warn(f"{path}:{line_no}: {err}; skipped")
+            continue
+        if any(c not in row for c in ("model", "method", "wbits", "abits", "value", "fp_value")):
+            warn(f"{path}:{line_no}: lacks a column needed for the table; skipped")
+            continue
+        rows.append(row)
     return rows
 
 
@@ -149,10 +141,10 @@ def ranking_lines(df: pd.DataFrame, reference: str = "zaq") -> list[str]:
             "|---|---|---|---|---|---|---|", *lines, ""]
 
 
-def curve_section(path: Path, title: str) -> list[str]:
+def curve_section(path: Path, title: str, warn) -> list[str]:
     """A budget-curve CSV as a table: one line per (model, method, bits, run options), the metric
     at each iteration as mean ± std over the seeds present."""
-    df = pd.read_csv(path, dtype={"cfg_options": str})
+    df = read_frame(path, warn)  # bad lines reported and skipped
     if df.empty:
         return []
     df["bits"] = "W" + df["wbits"].astype(str) + "A" + df["abits"].astype(str)
@@ -210,7 +202,7 @@ def render(results_dir: Path, warn) -> str:
                   "Written by `tools/budget_curve.py`: one run of max(points) iterations per seed, "
                   "evaluated from its snapshots after training.", ""]
         for path in curves:
-            parts.extend(curve_section(path, path.stem))
+            parts.extend(curve_section(path, path.stem, warn))
             if path.with_suffix(".png").exists():
                 parts += [f"![{path.stem}]({path.parent.name}/{path.with_suffix('.png').name})", ""]
     return "\n".join(parts).rstrip() + "\n"
@@ -222,6 +214,10 @@ def main() -> int:
     p.add_argument("--out", default=None, help="default: <results>/README.md; '-' prints")
     args = p.parse_args()
     results_dir = Path(args.results)
+    if not results_dir.is_dir():
+        print(f"error: results folder '{results_dir}' does not exist; pass the folder holding the "
+              "CSVs with --results", file=sys.stderr)
+        return 2
     problems: list[str] = []
     text = render(results_dir, problems.append)
     for msg in problems:

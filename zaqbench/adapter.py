@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .data_identity import data_identity
 from .errors import UserError
 
 Nested = Any  # a tensor, or lists / tuples / dicts of them
@@ -70,17 +71,32 @@ class TaskAdapter(abc.ABC):
         self.data_root = data_root
         self.cache_dir = Path(cache_dir)
         self.device = torch.device(device)
+        self._cached_data_identity: dict[str, str] | None = None
+
+    def data_identity(self) -> dict[str, str]:
+        """The user's data location and content fingerprint ({} for the embedded default);
+        computed once. The teacher cache key, config hashes and rows include it."""
+        if self._cached_data_identity is None:
+            self._cached_data_identity = data_identity(self.data_root)
+        return self._cached_data_identity
 
     def check(self) -> None:
         """Validate the adapter's own config and data layout before any work (teacher
         training, method runs); raise ``UserError`` with one line naming the fix.
         Called by the runner's plan; the default checks ``task_fields``."""
-        if not self.task_fields:
-            return
-        unknown = sorted(set(self.task_cfg) - set(self.task_fields) - {"type"})
-        if unknown:
-            raise UserError(f"unknown task field(s) {', '.join('task.' + k for k in unknown)}; "
-                            f"valid fields: {', '.join(sorted(self.task_fields))}")
+        if self.task_fields:
+            unknown = sorted(set(self.task_cfg) - set(self.task_fields) - {"type"})
+            if unknown:
+                raise UserError(f"unknown task field(s) {', '.join('task.' + k for k in unknown)}; "
+                                f"valid fields: {', '.join(sorted(self.task_fields))}")
+        evaluation = self.task_cfg.get("eval") or {}
+        if not isinstance(evaluation, dict):
+            raise UserError(f"task.eval={evaluation!r} must be a dict, e.g. task.eval.batch_size=100")
+        for key in ("batch_size", "max_samples"):  # shared by every adapter's evaluation
+            value = evaluation.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UserError(f"task.eval.{key}={value!r} is not valid; use a positive integer"
+                                + (" (or None for all samples)" if key == "max_samples" else ""))
 
     # 1. the full-precision model -------------------------------------------
     @abc.abstractmethod

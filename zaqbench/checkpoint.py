@@ -10,20 +10,44 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .results import replace_keeping_mode
+
+
+class SaveError(UserError):
+    """A file could not be written (disk full, permissions); the previous file is intact."""
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write ``obj`` with ``torch.save`` to a temp file and rename: never a torn file."""
+    """Write ``obj`` with ``torch.save`` to a temp file and rename: never a torn file.
+
+    The file gets the mode of the one it replaces (or the user's umask for a new one).
+    A failed write (e.g. a full disk, which torch reports as a C++ ``RuntimeError``)
+    leaves the previous file untouched and raises ``SaveError``: one line, no traceback.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise SaveError(f"cannot write '{path}': {err.strerror}; the previous file (if any) is intact") from None
     os.close(fd)
     try:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
+        replace_keeping_mode(tmp, path)
+    except (OSError, RuntimeError) as err:
+        Path(tmp).unlink(missing_ok=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
+        raise SaveError(f"cannot write '{path}': {reason}; the previous file (if any) is intact; "
+                        "free disk space or choose another --work-dir / $ZAQBENCH_CACHE, then rerun "
+                        "(with --resume for a ZAQ run)") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def load_file(path: str | Path, trust: bool = False, map_location: Any = "cpu") -> Any:
@@ -39,9 +63,9 @@ def load_file(path: str | Path, trust: bool = False, map_location: Any = "cpu") 
                 f"checkpoint '{path}' holds more than weights (e.g. numpy objects in OpenMMLab meta) and "
                 "cannot be loaded weights-only; if you trust its source, rerun with --trust-checkpoint") from None
         raise UserError(f"checkpoint '{path}' is corrupt or not a PyTorch file: {str(err).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"checkpoint '{path}' is corrupt or not a PyTorch file: {first}") from None
+    except Exception as err:  # noqa: BLE001 - the unpickler raises anything (KeyError on a text file)
+        raise UserError(f"checkpoint '{path}' is corrupt or not a PyTorch file "
+                        f"({type(err).__name__}: {_first_line(err)}); check the path given") from None
 
 
 def extract_state_dict(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:

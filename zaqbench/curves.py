@@ -20,6 +20,7 @@ from .errors import UserError
 from .methods import ZAQ, RunContext
 from .quant import load_quantizer_state
 from .registry import method_class
+from .run_lock import hold_run_folders
 from .results import COLUMNS, append_rows, check_writable, git_commit
 from .runner import REPO_ROOT, Plan, build_parser, build_plan, cli, prepare_teacher, result_row
 
@@ -85,6 +86,15 @@ def run_curves(args: argparse.Namespace) -> Path:
     out = Path(out_arg) if out_arg else REPO_ROOT / "results" / "curves" / f"{plan.task}_{plan.model_name}.csv"
     check_writable(out, CURVE_COLUMNS)
 
+    run_dirs = sorted({plan.run_dir(job, seed) for seed in seeds for job in plan.jobs})
+    with hold_run_folders(run_dirs):  # the same curve run twice at once would share run folders
+        write_curves(plan, args, seeds, points, out)
+    return out
+
+
+def write_curves(plan: Plan, args: argparse.Namespace, seeds: list[int], points: list[int], out: Path) -> None:
+    """Train each (job, seed) once to max(points) and append its whole curve to ``out``."""
+    iters = max(points)
     teacher, fp_metrics = prepare_teacher(plan, args)
     fp_value = fp_metrics[plan.adapter.metric]
     commit = git_commit()
@@ -104,7 +114,6 @@ def run_curves(args: argparse.Namespace) -> Path:
                 rows.append(row)
                 print(f"[zaqbench]   iteration {it:5d}: {plan.adapter.metric} = {row['value']:.4f}", file=sys.stderr)
             append_rows(out, rows, CURVE_COLUMNS)  # the whole curve of a run, or nothing
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

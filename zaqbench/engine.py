@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from .adapter import TaskAdapter
 from .checkpoint import atomic_save, load_file
+from .loss_log import append_loss_entry, truncate_loss_log
 from .diagnostics import bn_drift, clip_fractions, image_stats, weight_drift
 from .discrepancy import activation_regularizer, layer_discrepancies, layer_weights, output_discrepancy
 from .errors import UserError
@@ -88,7 +89,8 @@ class ZAQConfig:
                 raise bad(name, "use a finite number >= 0")
         if self.q_lr <= 0 or self.g_lr <= 0:
             raise bad("q_lr" if self.q_lr <= 0 else "g_lr", "use a learning rate > 0")
-        if len(self.g_betas) != 2 or not all(0 <= b < 1 for b in self.g_betas):
+        if len(self.g_betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                             and 0 <= b < 1 for b in self.g_betas):
             raise bad("g_betas", "use two numbers in [0, 1)")
         if not all(isinstance(f, (int, float)) and 0 < f < 1 for f in self.lr_milestones):
             raise bad("lr_milestones", "use fractions of iters in (0, 1), or () for a constant rate")
@@ -382,8 +384,7 @@ class ZAQTrainer:
         atomic_save(self.state_dict(), self.checkpoint_path)
 
     def _log(self, losses: dict[str, float]) -> None:
-        with open(self.loss_log_path, "a") as f:
-            f.write(json.dumps({"iter": self.iteration, **losses, **self.diagnostics}) + "\n")
+        append_loss_entry(self.loss_log_path, {"iter": self.iteration, **losses, **self.diagnostics})
 
     def save_snapshot(self) -> None:
         """The model this run would return if it ended now (weights + activation ranges)."""
@@ -393,20 +394,12 @@ class ZAQTrainer:
                          "quantizer": quantizer_state(model)},
                         self.snapshot_dir / f"iter_{self.iteration:06d}.pth")
 
-    def _trim_log(self) -> None:
-        """After a resume, drop logged iterations newer than the checkpoint."""
-        if not self.loss_log_path.exists():
-            return
-        lines = [ln for ln in self.loss_log_path.read_text().splitlines()
-                 if ln.strip() and json.loads(ln)["iter"] <= self.iteration]
-        self.loss_log_path.write_text("".join(ln + "\n" for ln in lines))
-
     # -- the run ------------------------------------------------------------------
     def run(self, resume: bool = False) -> nn.Module:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if resume and self.checkpoint_path.exists():
             self.load_state_dict(load_file(self.checkpoint_path, map_location=self.device))
-            self._trim_log()
+            truncate_loss_log(self.loss_log_path, self.iteration)  # drops a torn last line too
         else:
             self.loss_log_path.unlink(missing_ok=True)
             for old in self.snapshot_dir.glob("iter_*.pth"):

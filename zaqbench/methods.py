@@ -7,6 +7,7 @@ the calibration source that goes into the result row's protocol.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -53,6 +54,22 @@ class Method:
             raise UserError(f"unknown option(s) {unknown} for method '{self.name}'; "
                             f"valid options: {sorted(self.options)}")
         self.cfg = {**self.options, **cfg}
+        self.check_options()
+
+    def check_options(self) -> None:
+        """Each option has the type of its default: an int default means a positive integer
+        (batch sizes, batch and iteration counts), a float default a finite number > 0 (rates).
+        Subclasses with other kinds of options override this."""
+        for key, default in self.options.items():
+            value = self.cfg[key]
+            if isinstance(default, bool) or not isinstance(default, (int, float)):
+                continue
+            if isinstance(default, int):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise UserError(f"methods.{self.name}.{key}={value!r} is not valid; use a positive integer")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise UserError(f"methods.{self.name}.{key}={value!r} is not valid; use a finite number > 0")
 
     name = "method"
 
@@ -141,9 +158,8 @@ class ZAQ(Method):
     options = {f: getattr(ZAQConfig(), f) for f in ZAQConfig.__dataclass_fields__}
     overrides: dict[str, Any] = {}
 
-    def __init__(self, **cfg: Any) -> None:
-        super().__init__(**cfg)
-        self.zaq_config()  # impossible values fail when the plan is built, before any work
+    def check_options(self) -> None:
+        self.zaq_config()  # ZAQConfig checks every option's type and range
 
     def zaq_config(self) -> ZAQConfig:
         return ZAQConfig.from_dict({**self.cfg, **self.overrides})

@@ -1,10 +1,13 @@
 """Plots drawn from what runs wrote: budget curves (CSV) and a run's diagnostics (losses.jsonl)."""
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
 import pandas as pd
+
+from .loss_log import read_loss_log
+from .results import read_frame
 
 
 def _pyplot():
@@ -21,7 +24,7 @@ def plot_curves(csv_path: Path, png_path: Path | None = None) -> Path:
     plt = _pyplot()
     csv_path = Path(csv_path)
     png_path = Path(png_path) if png_path else csv_path.with_suffix(".png")
-    df = pd.read_csv(csv_path)
+    df = read_frame(csv_path, lambda msg: print(f"warning: {msg}", file=sys.stderr))
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for (method, wbits, abits, chash), g in df.groupby(["method", "wbits", "abits", "config_hash"]):
         agg = g.groupby("iteration")["value"].agg(["mean", "std", "count"]).reset_index()
@@ -42,8 +45,7 @@ def plot_curves(csv_path: Path, png_path: Path | None = None) -> Path:
 
 
 def read_log(run_dir: Path) -> pd.DataFrame:
-    lines = (Path(run_dir) / "losses.jsonl").read_text().splitlines()
-    return pd.DataFrame([json.loads(ln) for ln in lines if ln.strip()])
+    return pd.DataFrame(read_loss_log(Path(run_dir) / "losses.jsonl"))
 
 
 def plot_run_diagnostics(run_dirs: dict[str, Path], png_path: Path) -> Path:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import os
+import stat
 import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from filelock import FileLock
 
@@ -54,16 +55,42 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
+def resolve_output(path: Path) -> Path:
+    """The file a write to ``path`` must change: a symlink's target (writing through the link,
+    not replacing it). A path that exists but is not a regular file is refused."""
+    path = Path(path)
+    real = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if real.exists() and real.is_dir():
+        raise UserError(f"--out '{path}' is a directory; give a CSV file path")
+    if real.exists() and not real.is_file():
+        raise UserError(f"--out '{path}' is not a regular file (a device, pipe or socket); "
+                        "give a CSV file path")
+    return real
+
+
+def default_file_mode() -> int:
+    """rw for whoever the user's umask allows: what ``open(path, 'w')`` would have given."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def replace_keeping_mode(tmp: str | Path, path: Path) -> None:
+    """``os.replace`` a finished temp file onto ``path`` with ``path``'s mode (or the umask's
+    for a new file): ``mkstemp`` creates 0600 files, which would silently hide results."""
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else default_file_mode()
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
 def check_writable(path: Path, columns: list[str] = COLUMNS) -> None:
     """Fail before any work if the results file cannot be written."""
-    path = Path(path)
+    path = resolve_output(path)
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create the folder of --out '{path}': {err.strerror}") from None
-    if path.is_dir():
-        raise UserError(f"--out '{path}' is a directory; give a CSV file path")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise UserError(f"--out '{path}' is not writable; choose another path with --out")
     if path.exists() and path.stat().st_size:
@@ -71,29 +98,59 @@ def check_writable(path: Path, columns: list[str] = COLUMNS) -> None:
 
 
 def read_header(path: Path, columns: list[str] = COLUMNS) -> list[str]:
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), [])
+    with open(path, "rb") as f:
+        first = f.readline().decode("utf-8", errors="replace")
+    header = next(csv.reader([first]), [])
     if header != columns:
         raise UserError(f"{path} has a header that does not match the results schema; "
                         "move it away or pass another --out")
     return header
 
 
+def read_csv_rows(path: Path, warn: Callable[[str], None]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(header, [(line number, row)]) of a results CSV, line by line, so that one bad line —
+    invalid bytes, a torn write, a wrong field count — is reported as ``file:line`` and
+    skipped instead of making the whole file unreadable. Rows never span lines (no field
+    holds a newline)."""
+    header: list[str] = []
+    rows: list[tuple[int, dict[str, str]]] = []
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                warn(f"{path}:{line_no}: invalid bytes (not UTF-8); line skipped")
+                continue
+            if not text.strip():
+                continue
+            fields = next(csv.reader([text]), [])
+            if not header:
+                header = fields
+                continue
+            if len(fields) != len(header):
+                warn(f"{path}:{line_no}: {len(fields)} fields where the header has {len(header)} "
+                     "(torn or malformed line); skipped")
+                continue
+            rows.append((line_no, dict(zip(header, fields))))
+    return header, rows
+
+
 def append_rows(path: Path, rows: list[dict[str, Any]], columns: list[str] = COLUMNS) -> None:
     """Append ``rows`` (dicts with exactly ``columns``) to ``path`` under a lock, atomically:
-    all of them or, if anything fails, none."""
-    path = Path(path)
+    all of them or, if anything fails, none. The existing content is copied as bytes, so
+    whatever is already in the file (even invalid bytes) cannot make an append fail."""
+    path = resolve_output(path)
     for row in rows:
         if set(row) != set(columns):
             raise ValueError(f"row keys differ from the schema: {sorted(set(row) ^ set(columns))}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        existing = ""
+        existing = b""
         if path.exists() and path.stat().st_size:
             read_header(path, columns)
-            existing = path.read_text()
-            if not existing.endswith("\n"):
-                existing += "\n"
+            existing = path.read_bytes()
+            if not existing.endswith(b"\n"):
+                existing += b"\n"
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         if not existing:
@@ -101,9 +158,22 @@ def append_rows(path: Path, rows: list[dict[str, Any]], columns: list[str] = COL
         writer.writerows(rows)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w") as f:
-                f.write(existing + buf.getvalue())
-            os.replace(tmp, path)
+            with os.fdopen(fd, "wb") as f:
+                f.write(existing + buf.getvalue().encode("utf-8"))
+            replace_keeping_mode(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def read_frame(path: Path, warn: Callable[[str], None]):
+    """A results or curve CSV as a pandas frame with numeric columns converted; lines that
+    cannot be read are reported through ``warn`` and skipped."""
+    import pandas as pd
+
+    _, lines = read_csv_rows(path, warn)
+    df = pd.DataFrame([row for _, row in lines])
+    for col in ("wbits", "abits", "value", "fp_value", "seed", "iteration", "iters", "seconds"):
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df.dropna(subset=[c for c in ("value", "iteration") if c in df])

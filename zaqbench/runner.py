@@ -20,15 +20,19 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .data_identity import describe as describe_dataset
 from .errors import UserError
 from .methods import MethodOutput, RunContext
 from .quant import QConfig
+from .run_lock import hold_run_folders
 from .registry import METHODS, build_method, build_task, method_class, task_class
-from .results import COLUMNS, append_rows, check_writable, format_extra_metrics, git_commit, now_iso
+from .results import (COLUMNS, append_rows, check_writable, format_extra_metrics, git_commit, now_iso,
+                      read_csv_rows, resolve_output)
 from .teacher import get_teacher, teacher_cache_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FP_BITS = 32
+TEACHER_SEED = 0
 
 
 def default_cache_dir() -> Path:
@@ -103,18 +107,41 @@ def run_dir_name(method: str, wbits: int, abits: int, seed: int, config_hash: st
     return f"{method}-w{wbits}a{abits}-s{seed}-{config_hash}"
 
 
-def parse_bits(args: argparse.Namespace) -> list[tuple[int, int]]:
+def parse_int_items(text: str, option: str) -> list[int]:
+    """``8,6,4`` -> [8, 6, 4]; an empty item, a non-integer or a repeat is an error."""
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(not item for item in items):
+        raise UserError(f"{option} '{text}' has an empty item; give comma-separated integers, e.g. {option} 8,6,4")
     try:
-        if args.bits:
-            widths = [int(b) for b in args.bits.split(",") if b.strip()]
-            pairs = [(b, b) for b in widths]
-        else:
-            pairs = [(args.wbits or 4, args.abits or 4)]
+        values = [int(item) for item in items]
     except ValueError:
-        raise UserError(f"--bits must be comma-separated integers, got '{args.bits}'") from None
+        raise UserError(f"{option} must be comma-separated integers, got '{text}'") from None
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise UserError(f"{option} '{text}' repeats {repeated}; give each value once")
+    return values
+
+
+def parse_bits(args: argparse.Namespace) -> list[tuple[int, int]]:
+    if args.bits is not None:
+        if args.wbits is not None or args.abits is not None:
+            raise UserError("--bits sets weight and activation bits together; use either --bits or "
+                             "--wbits/--abits, not both")
+        pairs = [(b, b) for b in parse_int_items(args.bits, "--bits")]
+    else:
+        pairs = [(args.wbits or 4, args.abits or 4)]
     for w, a in pairs:
         QConfig(wbits=w, abits=a)  # validates: 2-8 or 16/32
     return pairs
+
+
+MAX_SEED = 2**31 - 1  # numpy and every seed derived from it (seed + offsets) stay in range
+
+
+def check_seed(seed: int) -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed {seed} is out of range; use an integer from 0 to {MAX_SEED}")
+    return seed
 
 
 def load_config(path: Path, options: dict[str, Any]):
@@ -125,6 +152,10 @@ def load_config(path: Path, options: dict[str, Any]):
     except Exception as err:  # noqa: BLE001 - any parse/import error of the user's config
         msg = str(err).strip().splitlines()
         raise UserError(f"cannot load config '{path}': {msg[-1] if msg else type(err).__name__}") from None
+    unknown = sorted({key.split(".")[0] for key in options} - set(cfg.keys()))
+    if unknown:  # a typo such as foo.bar=1 would otherwise be silently ignored
+        raise UserError(f"--cfg-options names unknown section(s) {unknown}; this config has: "
+                        f"{', '.join(sorted(k for k in cfg.keys() if not k.startswith('_')))}")
     if options:
         try:
             cfg.merge_from_dict(options)
@@ -138,12 +169,31 @@ def short_hash(obj: Any) -> str:
 
 
 def method_list(arg: str | None, cfg) -> list[str]:
-    names = [m.strip() for m in arg.split(",") if m.strip()] if arg else list(cfg.get("default_methods", []))
-    if not names:
-        names = sorted(METHODS.module_dict)
+    if arg is not None:
+        names = [m.strip() for m in arg.split(",")]
+        if not arg.strip() or any(not m for m in names):
+            raise UserError(f"--method '{arg}' has an empty item; give comma-separated method names, "
+                            f"e.g. --method ptq,zaq (valid: {', '.join(sorted(METHODS.module_dict))})")
+        repeated = sorted({m for m in names if names.count(m) > 1})
+        if repeated:
+            raise UserError(f"--method '{arg}' repeats {repeated}; give each method once")
+    else:
+        names = list(cfg.get("default_methods", [])) or sorted(METHODS.module_dict)
     for name in names:
         method_class(name)
     return names
+
+
+def check_methods_section(cfg) -> None:
+    """``methods`` must map registered method names to option dicts."""
+    methods = cfg.get("methods", {})
+    if not isinstance(methods, dict):
+        raise UserError(f"config field 'methods' must map method names to option dicts, got {methods!r}")
+    for name, section in methods.items():
+        method_class(name)  # unknown name -> one line listing the registered methods
+        if not isinstance(section, dict):
+            raise UserError(f"methods.{name}={section!r} is not an option dict; set single options as "
+                            f"methods.{name}.<option>=<value>")
 
 
 def cli(work: Callable[[], int], unfinished: str = "result row") -> int:
@@ -194,6 +244,7 @@ def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, A
     """
     if not args.config:
         task_class(args.task)  # unknown task -> one line listing the valid ones
+    check_seed(args.seed)
     path = config_path(args.task, args.model, args.config, REPO_ROOT / "configs")
     model_name = path.stem
     # the config may register tasks/methods of its own through mmengine's custom_imports
@@ -201,6 +252,7 @@ def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, A
     task_class(args.task)
     if cfg.get("task", {}).get("type", args.task) != args.task:
         raise UserError(f"config '{path}' is for task '{cfg.task.type}', not '{args.task}'")
+    check_methods_section(cfg)
     methods = method_list(args.method, cfg)
     bit_pairs = parse_bits(args)
     quant_cfg = dict(cfg.get("quant", {}))
@@ -228,6 +280,9 @@ def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, A
     adapter.check()
     teacher_id = teacher_identity(adapter, args, cache_dir)
     work_root = Path(args.work_dir) if args.work_dir else REPO_ROOT / "work_dirs"
+    check_output_folder(work_root, "--work-dir", "run folders (checkpoints, losses)")
+    if not args.checkpoint:
+        warn_if_teacher_cannot_be_cached(teacher_cache_path(adapter, cache_dir, args.task))
     pairs = [(name, FP_BITS, FP_BITS) for name in methods if name == "fp"]
     pairs += [(name, w, a) for (w, a) in bit_pairs for name in methods if name != "fp"]
     jobs = []
@@ -235,15 +290,46 @@ def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, A
         qconfig = base_qconfig.with_bits(wbits, abits)
         method = build_method(name, **method_cfgs[name])
         chash = short_hash({"model": model_name, "task": cfg.get("task"), "quant": qconfig.to_dict(),
-                            "method": name, "method_cfg": method.cfg, "teacher": teacher_id})
+                            "method": name, "method_cfg": method.cfg, "teacher": teacher_id,
+                            **({"data": adapter.data_identity()} if adapter.data_identity() else {})})
         jobs.append(Job(name, wbits, abits, qconfig, method, chash))
     return Plan(args.task, model_name, cfg, adapter, jobs, quant_cfg.get("preset", "default"), out, device,
                 cache_dir, work_root)
 
 
+def check_output_folder(folder: Path, option: str, what: str) -> None:
+    """``folder`` exists as a writable directory or can be created: checked before any work."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise UserError(f"{option} '{folder}' cannot hold {what}: '{existing}' is not a directory; "
+                        f"give a folder path with {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{option} '{folder}' is not writable ('{existing}' denies it); "
+                        f"choose another folder with {option}")
+
+
+def warn_if_teacher_cannot_be_cached(path: Path) -> None:
+    """A teacher that is trained but cannot be cached still serves this run (said up front
+    and again when saving fails); the next run trains it again."""
+    if path.exists():
+        return
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        print(f"warning: the teacher cache '{path.parent}' is not writable: the teacher will be trained "
+              "for this run but not cached (set ZAQBENCH_CACHE to a writable folder to keep it)",
+              file=sys.stderr)
+
+
 def prepare_teacher(plan: Plan, args: argparse.Namespace) -> tuple[Any, dict[str, float]]:
-    """P (trained once and cached, or the user's checkpoint) and its metrics."""
-    torch.manual_seed(args.seed)
+    """P (trained once and cached, or the user's checkpoint) and its metrics.
+
+    The teacher is shared by every seed through the cache, so it is built and trained from
+    a fixed seed: which ``--seed`` happens to train it first must not change it."""
+    torch.manual_seed(TEACHER_SEED)
     print(f"[zaqbench] {plan.task}/{plan.model_name}: preparing the full-precision model", file=sys.stderr)
     teacher, teacher_source = get_teacher(plan.adapter, plan.task, plan.cache_dir, args.checkpoint,
                                           args.trust_checkpoint)
@@ -260,7 +346,8 @@ def result_row(plan: Plan, job: "Job", seed: int, metrics: dict[str, float], fp_
     protocol = job.qconfig.protocol(calib_data) if quantized else \
         {**job.qconfig.protocol("none"), "w_granularity": "fp", "first_last_fp": "all"}
     return {
-        "task": plan.task, "model": plan.model_name, "dataset": plan.adapter.dataset_name,
+        "task": plan.task, "model": plan.model_name,
+        "dataset": describe_dataset(plan.adapter.dataset_name, plan.adapter.data_identity()),
         "method": job.method_name, "wbits": job.wbits, "abits": job.abits, "metric": metric,
         "value": round(metrics[metric], 4), "fp_value": round(fp_value, 4),
         "extra_metrics": format_extra_metrics({k: v for k, v in metrics.items() if k != metric}),
@@ -282,6 +369,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"[zaqbench] every requested run already has a row in {plan.out}", file=sys.stderr)
             return 0
 
+    with hold_run_folders(sorted({plan.run_dir(job, args.seed) for job in jobs})):
+        printed = run_jobs(plan, jobs, args)
+    print_table(printed)
+    print(f"[zaqbench] {len(printed)} row(s) appended to {plan.out}", file=sys.stderr)
+    return 0
+
+
+def run_jobs(plan: Plan, jobs: list["Job"], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The teacher, then each job's method, evaluation and row; returns the rows written."""
     teacher, fp_metrics = prepare_teacher(plan, args)
     fp_value = fp_metrics[plan.adapter.metric]
     commit = git_commit()
@@ -298,13 +394,30 @@ def run(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - start
         row = {**result_row(plan, job, args.seed, metrics, fp_value, result.calib_data, result.quantized, commit),
                "iters": result.iters, "seconds": round(seconds, 1)}
-        append_rows(plan.out, [row])
+        append_or_keep(plan.out, row, ctx.work_dir)
         printed.append(row)
         print(f"[zaqbench] {name} W{wbits}A{abits}: {plan.adapter.metric} = {row['value']:.4f} "
               f"({seconds:.0f}s)", file=sys.stderr)
-    print_table(printed)
-    print(f"[zaqbench] {len(printed)} row(s) appended to {plan.out}", file=sys.stderr)
-    return 0
+    return printed
+
+
+def append_or_keep(out: Path, row: dict[str, Any], run_dir: Path) -> None:
+    """Append ``row`` to ``out``; if that fails after the result was computed, keep the row in
+    the run folder (or print it) so it is never lost, then stop with one line saying where."""
+    try:
+        append_rows(out, [row])
+        return
+    except (OSError, UserError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+    kept = run_dir / "unsaved_row.csv"
+    try:
+        append_rows(kept, [row])
+        where = f"the row is kept in {kept}"
+    except (OSError, UserError):
+        print(",".join(str(row[c]) for c in COLUMNS), file=sys.stderr)
+        where = "the row is printed above (CSV, in the results column order)"
+    raise UserError(f"could not append the result row to {out} ({reason}); {where}; "
+                    "fix the file and append the row to it")
 
 
 @dataclass
@@ -333,19 +446,18 @@ def teacher_identity(adapter, args: argparse.Namespace, cache_dir: Path) -> str:
 
 
 def existing_runs(path: Path) -> dict[tuple, float]:
-    """Keys of the rows already in ``path`` -> their run time in seconds."""
-    import csv
-
+    """Keys of the rows already in ``path`` -> their run time in seconds; bad lines are
+    reported as ``file:line`` and skipped (the table tool says the same)."""
     if not Path(path).exists():
         return {}
     done: dict[tuple, float] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                key = (row["config_hash"], row["method"], int(row["wbits"]), int(row["abits"]), int(row["seed"]))
-                done[key] = float(row["seconds"])
-            except (KeyError, TypeError, ValueError):
-                continue  # torn or foreign line: the table tool reports it
+    _, rows = read_csv_rows(resolve_output(path), lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    for _, row in rows:
+        try:
+            key = (row["config_hash"], row["method"], int(row["wbits"]), int(row["abits"]), int(row["seed"]))
+            done[key] = float(row["seconds"])
+        except (KeyError, TypeError, ValueError):
+            continue  # a foreign line: the table tool reports it
     return done
 
 

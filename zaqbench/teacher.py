@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 from torch import nn
 
 from .adapter import TaskAdapter
-from .checkpoint import atomic_save, describe_key_mismatch, extract_state_dict, load_file
+from .checkpoint import SaveError, atomic_save, describe_key_mismatch, extract_state_dict, load_file
 from .errors import UserError
 
 
 def teacher_cache_path(adapter: TaskAdapter, cache_dir: Path, task: str) -> Path:
-    key = json.dumps(adapter.teacher_key(), sort_keys=True, default=str)
+    key_fields = adapter.teacher_key()
+    if adapter.data_identity():  # user data: part of the key whatever the adapter's teacher_key says
+        key_fields = {**key_fields, "data_identity": adapter.data_identity()}
+    key = json.dumps(key_fields, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return Path(cache_dir) / "teachers" / f"{task}-{adapter.model_name}-{digest}.pth"
 
@@ -44,6 +48,9 @@ def get_teacher(adapter: TaskAdapter, task: str, cache_dir: Path, checkpoint: st
             load_weights(adapter, model, path, trust=False)
         else:
             adapter.train_teacher(model)
-            atomic_save(model.state_dict(), path)
+            try:
+                atomic_save(model.state_dict(), path)
+            except SaveError as err:  # the trained teacher still serves this run
+                print(f"warning: the trained teacher was not cached: {err}", file=sys.stderr)
         source = str(path)
     return model.eval(), source

@@ -49,6 +49,10 @@ def affine_qparams(
     return scale, zero_point
 
 
+class UncalibratedError(RuntimeError):
+    """An activation quantizer was used before any calibration batch set its range."""
+
+
 class FakeQuantizer(nn.Module):
     """Fake-quantizes a tensor to ``bits`` bits.
 
@@ -127,8 +131,13 @@ class FakeQuantizer(nn.Module):
         if self.range_rule == "current":
             lo, hi = self.current_range(x)
         else:
-            if self.observing or not self.has_range:
+            if self.observing:
                 self.observe(x)
+            elif not self.has_range:
+                # Observing here would take the range from whatever data comes first (the test
+                # split during evaluation) and mislabel the row's calibration source.
+                raise UncalibratedError("an activation quantizer has no calibrated range; calibrate the "
+                                        "model (calibrate_activations) on at least one batch first")
             lo, hi = self.min_val, self.max_val
         scale, zero_point = affine_qparams(lo, hi, self.bits, self.symmetric)
         qmin, qmax = quant_range(self.bits, self.symmetric)

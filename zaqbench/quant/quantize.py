@@ -145,6 +145,8 @@ def calibrate_activations(model: nn.Module, batches, forward=None) -> int:
     finally:
         set_act_observing(model, False)
         model.train(was_training)
+    if n == 0:
+        raise ValueError("calibrate_activations got no batches; activation ranges would be unset")
     return n
 
 
