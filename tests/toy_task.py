@@ -28,7 +28,7 @@ def make_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 @TASKS.register_module(name="toy")
 class ToyAdapter(TaskAdapter):
     metric = "accuracy"
-    task_fields = frozenset({"width"})  # task.<anything else> is a typo, reported before any work
+    task_fields = frozenset({"width", "eval"})  # task.<anything else> is a typo, reported before any work
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -69,7 +69,10 @@ class ToyAdapter(TaskAdapter):
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         model.eval()
-        return {"accuracy": 100.0 * (model(self.test_x).argmax(1) == self.test_y).float().mean().item()}
+        bs = int((self.task_cfg.get("eval") or {}).get("batch_size", 64))
+        correct = sum((model(self.test_x[i:i + bs]).argmax(1) == self.test_y[i:i + bs]).sum().item()
+                      for i in range(0, len(self.test_x), bs))
+        return {"accuracy": 100.0 * correct / len(self.test_x)}
 
     @property
     def dataset_name(self) -> str:

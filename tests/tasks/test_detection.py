@@ -21,7 +21,7 @@ from tasks.detection import DetectionAdapter  # noqa: E402
 from tasks.fashion_mnist import CLASSES  # noqa: E402
 from zaqbench.errors import UserError  # noqa: E402
 from zaqbench.features import forward_with_features  # noqa: E402
-from zaqbench.quant import QConfig, quantize_model  # noqa: E402
+from zaqbench.quant import QConfig, calibrate_activations, quantize_model  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "det"
 SIZE = 64
@@ -192,6 +192,7 @@ def test_shipped_quant_config_keeps_head_outputs_and_stem_in_fp(adapter, model):
     qmodel, info = quantize_model(model, QConfig.from_dict(dict(adapter.cfg.quant)))
     assert info["full_precision"] == ["backbone.conv1", "bbox_head.retina_cls", "bbox_head.retina_reg"]
     assert "neck.fpn_convs.0.conv" in info["quantized"] and "bbox_head.cls_convs.0.conv" in info["quantized"]
+    calibrate_activations(qmodel, [torch.randn(1, 3, SIZE, SIZE)], adapter.forward_raw)
     out = adapter.forward_raw(qmodel.eval(), torch.randn(1, 3, SIZE, SIZE))
     assert [t.shape for t in out[0]] == [t.shape for t in adapter.forward_raw(model, torch.randn(1, 3, SIZE, SIZE))[0]]
 
@@ -221,12 +222,13 @@ def test_stock_retinanet_r50_builds_quantizes_and_runs_a_zaq_iteration(tmp_path)
     qmodel, info = quantize_model(model, QConfig.from_dict(dict(cfg.quant)))
     assert {"backbone.conv1", "bbox_head.retina_cls", "bbox_head.retina_reg"} == set(info["full_precision"])
     assert len(info["quantized"]) > 50
+    calibrate_activations(qmodel, [torch.randn(1, 3, SIZE, SIZE)], det.forward_raw)
     cls_scores, bbox_preds = det.forward_raw(qmodel.eval(), torch.randn(1, 3, SIZE, SIZE))
     assert len(cls_scores) == len(bbox_preds) == 5 and cls_scores[0].shape == (1, 9 * 80, SIZE // 8, SIZE // 8)
     before = qmodel.bbox_head.cls_convs[0].conv.weight.detach().clone()
     zaq = ZAQConfig(iters=1, q_steps=1, batch_size=1, nz=8, generator_channels=8, calib_batches=1)
     trainer = ZAQTrainer(det, model, qmodel, zaq, tmp_path, seed=0, progress=False)
-    trainer.calibrate(1)
+    trainer.calibrate(1)  # what run() does first
     losses = trainer.step()  # one engine iteration (run() would also write a 300 MB checkpoint)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
     assert not torch.equal(qmodel.bbox_head.cls_convs[0].conv.weight, before)
