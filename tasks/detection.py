@@ -89,6 +89,7 @@ class DetectionAdapter(TaskAdapter):
 
     metric = "bbox_mAP"
     task_fields = frozenset({"data", "eval", "features", "input_size", "teacher"})
+    writes_cache = True  # the default scenes and the teacher's mmengine logs live in the cache
 
     def __init__(self, cfg: Any, model_name: str, data_root: str | None, cache_dir: Path,
                  device: torch.device) -> None:

@@ -319,3 +319,18 @@ def test_an_uncalibrated_activation_quantizer_never_observes_during_evaluation()
         calibrate_activations(qmodel, [])
     calibrate_activations(qmodel, [torch.randn(2, 1, 8, 8)])
     assert qmodel(torch.randn(2, 1, 8, 8)).shape == (2, 2, 4, 4)
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+def test_tasks_that_write_their_data_into_the_cache_refuse_an_unwritable_one_up_front(tmp_path, monkeypatch,
+                                                                                       task):
+    import tasks  # noqa: F401 - registers the adapters, as tools/run_task.py does
+    from zaqbench.runner import build_parser, build_plan
+
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("ZAQBENCH_CACHE", str(blocker))
+    args = build_parser().parse_args(["--task", task, "--method", "fp", "--out", str(tmp_path / "o.csv"),
+                                      "--work-dir", str(tmp_path / "w")])
+    with pytest.raises(UserError, match="ZAQBENCH_CACHE"):
+        build_plan(args)

@@ -56,6 +56,9 @@ class TaskAdapter(abc.ABC):
     #: top-level keys of ``cfg.task`` this adapter reads; any other key is a typo and an error
     #: (``type`` is always allowed). Empty means "not declared": no check.
     task_fields: frozenset[str] = frozenset()
+    #: the adapter writes into ``cache_dir`` during a run (generated data, training logs), so an
+    #: unwritable cache is an error up front rather than a failure halfway
+    writes_cache: bool = False
 
     def __init__(
         self,

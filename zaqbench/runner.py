@@ -281,7 +281,9 @@ def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, A
     teacher_id = teacher_identity(adapter, args, cache_dir)
     work_root = Path(args.work_dir) if args.work_dir else REPO_ROOT / "work_dirs"
     check_output_folder(work_root, "--work-dir", "run folders (checkpoints, losses)")
-    if not args.checkpoint:
+    if adapter.writes_cache:
+        check_output_folder(cache_dir, "$ZAQBENCH_CACHE", f"the data and logs the '{args.task}' task writes there")
+    elif not args.checkpoint:
         warn_if_teacher_cannot_be_cached(teacher_cache_path(adapter, cache_dir, args.task))
     pairs = [(name, FP_BITS, FP_BITS) for name in methods if name == "fp"]
     pairs += [(name, w, a) for (w, a) in bit_pairs for name in methods if name != "fp"]
