@@ -82,6 +82,17 @@ class TaskAdapter(abc.ABC):
             raise UserError(f"unknown task field(s) {', '.join('task.' + k for k in unknown)}; "
                             f"valid fields: {', '.join(sorted(self.task_fields))}")
 
+    @property
+    def model_label(self) -> str:
+        """The ``model`` column of result rows: the config name, unless the adapter knows
+        better (e.g. the config name plus an architecture set with --cfg-options)."""
+        return self.model_name
+
+    def fp_warning(self, metrics: dict[str, float]) -> str | None:
+        """A line to print when the full-precision metrics look like a setup mistake (e.g. a
+        score at chance level from wrong labels), or None."""
+        return None
+
     # 1. the full-precision model -------------------------------------------
     @abc.abstractmethod
     def build_model(self) -> nn.Module:

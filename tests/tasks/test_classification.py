@@ -51,13 +51,14 @@ def test_teacher_training_learns_the_toy_data(cls_adapter):
 
 
 def test_torchvision_model_by_name(fmnist_root, tmp_path):
-    cfg = tiny_cls_config(model=dict(arch="resnet18", num_classes=10, in_channels=3), data=dict(image_size=32),
+    cfg = tiny_cls_config(model=dict(arch="resnet18", num_classes=10, in_channels=3), data=dict(image_size=64),
                           features=None)
     adapter = build_task("cls", cfg=cfg, model_name="r18", data_root=str(fmnist_root), cache_dir=tmp_path,
                          device=torch.device("cpu"))
-    assert adapter.split("test").images.shape[1:] == (3, 32, 32)
+    assert adapter.split("test").images.shape[1:] == (3, 64, 64)
+    # chosen automatically: the last module at each resolution (64 px: 16, 8, 4, 2)
     assert adapter.feature_names == ["layer1", "layer2", "layer3", "layer4"]
-    assert adapter.build_model()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert adapter.build_model()(torch.randn(2, 3, 64, 64)).shape == (2, 10)
     bad = build_task("cls", cfg=tiny_cls_config(model=dict(arch="nonet")), model_name="x",
                      data_root=str(fmnist_root), cache_dir=tmp_path, device=torch.device("cpu"))
     with pytest.raises(UserError, match="unknown classification model"):
