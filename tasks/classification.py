@@ -423,11 +423,11 @@ def _load_cifar10(root: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     from torchvision.datasets import CIFAR10
 
     folder = root / CIFAR10.base_folder
-    files = CIFAR10.train_list if name == "train" else CIFAR10.test_list
-    missing = [f for f, _ in files if not (folder / f).is_file()]
+    expected = [f for f, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+    missing = [f for f in expected if not (folder / f).is_file()]
     if missing:
-        raise UserError(f"'{folder}' lacks {', '.join(missing)}; extract torchvision's "
-                        "cifar-10-python.tar.gz there (https://www.cs.toronto.edu/~kriz/cifar.html)")
+        raise UserError(f"'{folder}' lacks {len(missing)} of CIFAR-10's {len(expected)} files ({', '.join(missing)})"
+                        "; extract torchvision's cifar-10-python.tar.gz there (https://www.cs.toronto.edu/~kriz/cifar.html)")
     try:
         ds = CIFAR10(str(root), train=name == "train", download=False)
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as err:

@@ -63,19 +63,3 @@ def test_torchvision_model_by_name(fmnist_root, tmp_path):
                      data_root=str(fmnist_root), cache_dir=tmp_path, device=torch.device("cpu"))
     with pytest.raises(UserError, match="unknown classification model"):
         bad.build_model()
-
-
-def test_imagefolder_layout(tmp_path):
-    from PIL import Image
-
-    for split in ("train", "val"):
-        for cls in ("a", "b"):
-            folder = tmp_path / "imgs" / split / cls
-            folder.mkdir(parents=True)
-            for i in range(2):
-                Image.new("RGB", (40, 40), (i * 50, 100, 200 if cls == "a" else 0)).save(folder / f"{i}.png")
-    cfg = tiny_cls_config(model=dict(arch="resnet20", num_classes=2, in_channels=3, width=4))
-    adapter = build_task("cls", cfg=cfg, model_name="x", data_root=str(tmp_path / "imgs"), cache_dir=tmp_path,
-                         device=torch.device("cpu"))
-    test = adapter.split("test")
-    assert test.images.shape == (4, 3, 16, 16) and sorted(test.labels.tolist()) == [0, 0, 1, 1]
