@@ -430,7 +430,10 @@ def _load_cifar10(root: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
                         "; extract torchvision's cifar-10-python.tar.gz there (https://www.cs.toronto.edu/~kriz/cifar.html)")
     try:
         ds = CIFAR10(str(root), train=name == "train", download=False)
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as err:
+    except RuntimeError:  # torchvision's md5 check of every file
+        raise UserError(f"CIFAR-10 files in '{folder}' are truncated or corrupt (md5 check failed); "
+                        "extract cifar-10-python.tar.gz again") from None
+    except (EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as err:
         raise UserError(f"CIFAR-10 files in '{folder}' are truncated or corrupt ({str(err).splitlines()[0]}); "
                         "extract cifar-10-python.tar.gz again") from None
     return ds.data, np.asarray(ds.targets, dtype=np.int64)

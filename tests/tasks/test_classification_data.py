@@ -120,3 +120,26 @@ def test_bad_task_fields(tmp_path, fmnist_root, options, message):
     with pytest.raises(UserError) as err:
         adapter.check()
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["resnet18_imagenet", "mobilenet_v2_imagenet"])
+def test_imagenet_configs_features_are_the_automatic_choice(name, tmp_path, capsys):
+    from mmengine.config import Config
+
+    from tests.conftest import ROOT
+
+    cfg = Config.fromfile(str(ROOT / "configs" / "cls" / f"{name}.py"))
+    root = make_imagefolder(tmp_path / "imgs", per_class=1, size=(300, 260))
+    adapter = build_task("cls", cfg=cfg, model_name=name, data_root=str(root), cache_dir=tmp_path,
+                         device=torch.device("cpu"))
+    adapter.check()
+    assert adapter.input_spec.shape(1) == (1, 3, 224, 224)
+    batch, labels = next(iter(imagefolder.loader(adapter._image_files("test"), None, 3, 0)))
+    assert batch.shape == (3, 3, 224, 224) and labels.tolist() == [0, 1, 2]
+    explicit = list(cfg.task.features)
+    cfg.task.features = None
+    auto = build_task("cls", cfg=cfg, model_name=name, data_root=str(root), cache_dir=tmp_path,
+                      device=torch.device("cpu"))
+    auto.check()
+    assert auto.feature_names == explicit
+    assert auto.model_label == name  # the config's own architecture: no suffix
