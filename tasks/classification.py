@@ -110,7 +110,7 @@ class ClassificationAdapter(TaskAdapter):
                                 f"valid fields: {', '.join(sorted(allowed))}")
         for section, key in (("eval", "batch_size"), ("teacher", "batch_size"), ("eval", "max_samples"),
                              ("eval", "workers"), ("teacher", "workers"), ("data", "image_size")):
-            value = self.task_cfg.get(section, {}).get(key) if isinstance(self.task_cfg.get(section), dict) else None
+            value = (self.task_cfg.get(section) or {}).get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                       or value < (0 if key == "workers" else 1)):
                 raise UserError(f"task.{section}.{key} must be a {'non-negative' if key == 'workers' else 'positive'}"
