@@ -101,6 +101,17 @@ class TaskAdapter(abc.ABC):
                 raise UserError(f"task.eval.{key}={value!r} is not valid; use a positive integer"
                                 + (" (or None for all samples)" if key == "max_samples" else ""))
 
+    @property
+    def model_label(self) -> str:
+        """The ``model`` column of result rows: the config name, unless the adapter knows
+        better (e.g. the config name plus an architecture set with --cfg-options)."""
+        return self.model_name
+
+    def fp_warning(self, metrics: dict[str, float]) -> str | None:
+        """A line to print when the full-precision metrics look like a setup mistake (e.g. a
+        score at chance level from wrong labels), or None."""
+        return None
+
     # 1. the full-precision model -------------------------------------------
     @abc.abstractmethod
     def build_model(self) -> nn.Module:

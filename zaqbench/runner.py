@@ -338,6 +338,9 @@ def prepare_teacher(plan: Plan, args: argparse.Namespace) -> tuple[Any, dict[str
     fp_metrics = plan.adapter.evaluate(teacher)
     print(f"[zaqbench] FP {plan.adapter.metric} = {fp_metrics[plan.adapter.metric]:.4f} "
           f"(teacher: {teacher_source})", file=sys.stderr)
+    warning = plan.adapter.fp_warning(fp_metrics)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return teacher, fp_metrics
 
 
@@ -348,7 +351,7 @@ def result_row(plan: Plan, job: "Job", seed: int, metrics: dict[str, float], fp_
     protocol = job.qconfig.protocol(calib_data) if quantized else \
         {**job.qconfig.protocol("none"), "w_granularity": "fp", "first_last_fp": "all"}
     return {
-        "task": plan.task, "model": plan.model_name,
+        "task": plan.task, "model": plan.adapter.model_label,
         "dataset": describe_dataset(plan.adapter.dataset_name, plan.adapter.data_identity()),
         "method": job.method_name, "wbits": job.wbits, "abits": job.abits, "metric": metric,
         "value": round(metrics[metric], 4), "fp_value": round(fp_value, 4),

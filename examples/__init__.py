@@ -1,0 +1,1 @@
+"""Worked examples of extending zaqbench from outside its packages."""

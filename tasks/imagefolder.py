@@ -1,0 +1,127 @@
+"""ImageFolder data (``<root>/{train,val}/<class>/<image>``), streamed, never held in memory.
+
+A split is scanned once (file names only), each folder mapped onto the model's
+class index (``tasks/class_map.py``), and images are decoded batch by batch in
+DataLoader workers with torchvision's evaluation transform: resize the short
+side to ``resize`` (``image_size / 0.875``, i.e. 256 for 224), centre-crop
+``image_size``, normalise. Peak memory is one batch per worker, whatever the
+number of images.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from zaqbench.errors import UserError
+
+from .class_map import map_folders
+
+#: torchvision's own list of image suffixes (ImageFolder's IMG_EXTENSIONS)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class FolderSplit:
+    """The files of one split: (path, model class index) pairs in folder order."""
+
+    root: Path
+    samples: list[tuple[str, int]]
+    folders: dict[str, int]
+    skipped: list[str]
+
+    @property
+    def labels(self) -> list[int]:
+        return [y for _, y in self.samples]
+
+
+def scan_split(folder: Path, class_map: str | None, num_classes: int) -> FolderSplit:
+    """List the images of ``folder``/<class>/ (sub-folders included) and map each class folder
+    onto the model's index. Non-image files are skipped and counted; no image left is an error."""
+    if not folder.is_dir():
+        raise UserError(f"ImageFolder data needs the folder '{folder}'; lay out <data-root>/{{train,val}}/<class>/*")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    mapping = map_folders(classes, class_map, num_classes, folder)
+    samples, skipped = [], []
+    for name in classes:
+        for path in sorted(p for p in (folder / name).rglob("*") if p.is_file()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                samples.append((str(path), mapping[name]))
+            elif not path.name.startswith("."):
+                skipped.append(str(path.relative_to(folder)))
+    if not samples:
+        raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in the class folders of '{folder}'"
+                        + (f"; {len(skipped)} other file(s) skipped, e.g. {skipped[0]}" if skipped else ""))
+    if skipped:
+        print(f"[zaqbench] {folder}: skipped {len(skipped)} non-image file(s), e.g. {skipped[0]}", file=sys.stderr)
+    return FolderSplit(folder, samples, mapping, skipped)
+
+
+def eval_transform(size: int, resize: int, mean: Sequence[float], std: Sequence[float]):
+    """torchvision's ImageNet evaluation transform: PIL image -> normalised (3, size, size)."""
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(),
+                               transforms.Normalize(mean, std)])
+
+
+class ImageFiles(Dataset):
+    """(image, label) pairs decoded on demand; a file that cannot be decoded is a ``UserError``."""
+
+    def __init__(self, split: FolderSplit, transform) -> None:
+        self.samples, self.transform = split.samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as img:
+                image = img.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for truncated / foreign files
+            raise UserError(f"cannot decode image '{path}' ({err}); remove or replace the file") from None
+        return self.transform(image), label
+
+
+def balanced_subset(labels: Sequence[int], n: int, seed: int) -> list[int]:
+    """``n`` indices drawn class by class in turn (seeded shuffle within each class), so every class
+    gets n // K or n // K + 1 images; returned in file order."""
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    queues = [[idx[j] for j in torch.randperm(len(idx), generator=g).tolist()] for _, idx in sorted(by_class.items())]
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < min(n, len(labels)):
+        for q in queues:
+            if depth < len(q) and len(picked) < n:
+                picked.append(q[depth])
+        depth += 1
+    return sorted(picked)
+
+
+def loader(dataset: Dataset, indices: Sequence[int] | None, batch_size: int, workers: int,
+           shuffle_seed: int | None = None) -> DataLoader:
+    """Batches of ``dataset`` (restricted to ``indices``) decoded by ``workers`` processes."""
+    data = Subset(dataset, list(indices)) if indices is not None else dataset
+    g = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
+    return DataLoader(data, batch_size=batch_size, num_workers=workers, shuffle=g is not None, generator=g,
+                      persistent_workers=False)
+
+
+def stream(batches: DataLoader) -> Iterator:
+    """Iterate a DataLoader; a ``UserError`` raised in a worker comes back as the same one line
+    (the DataLoader re-raises it with the worker's traceback in the message)."""
+    try:
+        yield from batches
+    except UserError as err:
+        last = str(err).strip().splitlines()[-1]
+        raise UserError(last.split("UserError: ", 1)[-1]) from None
