@@ -76,6 +76,18 @@ fi
 
 log "installing zaqbench and its dependencies"
 "${PIP[@]}" install -q -e "$ROOT[all]"
+# Test data whose metadata pins versions nothing can resolve: setup.cfg's [zaqbench:test_no_deps].
+mapfile -t NO_DEPS < <("$VPY" - "$ROOT/setup.cfg" <<'PY'
+import configparser, sys
+cfg = configparser.ConfigParser()
+cfg.read(sys.argv[1])
+print("\n".join(cfg.get("zaqbench:test_no_deps", "packages", fallback="").split()))
+PY
+)
+if (( ${#NO_DEPS[@]} )); then
+  log "installing test data without dependencies: ${NO_DEPS[*]}"
+  "${PIP[@]}" install -q --no-deps "${NO_DEPS[@]}"
+fi
 # mmengine's Config resolves 'mmdet::'/'mmseg::' bases through pkg_resources, which
 # setuptools dropped after 80; torch 2.14 asks for setuptools>=77.0.3.
 "${PIP[@]}" install -q "setuptools>=77.0.3,<81"
