@@ -93,3 +93,39 @@ def test_git_commit_marks_code_changes_dirty_but_not_result_appends(tmp_path):
     assert git_commit(tmp_path) == clean
     (tmp_path / "code.py").write_text("x = 2\n")  # uncommitted code
     assert git_commit(tmp_path) == clean + "-dirty"
+
+
+def test_git_commit_marks_an_uncommitted_config_dirty(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "configs").mkdir(parents=True)
+    (repo / "configs" / "a.py").write_text("x = 1\n")
+    (repo / ".gitignore").write_text("ignored.py\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "init")
+    clean = git_commit(repo)
+    assert git_commit(repo, config=repo / "configs" / "a.py") == clean
+    (repo / "configs" / "b.py").write_text("x = 1\n")  # untracked: git status --untracked-files=no misses it
+    (repo / "ignored.py").write_text("x = 1\n")
+    outside = tmp_path / "mine.py"
+    outside.write_text("x = 1\n")
+    for config in (repo / "configs" / "b.py", repo / "ignored.py", outside):
+        assert git_commit(repo, config=config) == clean + "-dirty", config
+    assert git_commit(repo) == clean  # the code itself is still the commit
+    (repo / "configs" / "a.py").write_text("x = 2\n")
+    _git(repo, "add", "configs/a.py")  # staged but not committed
+    assert git_commit(repo, config=repo / "configs" / "a.py") == clean + "-dirty"
+
+
+def test_settings_share_extra_metrics_without_commas_and_read_back():
+    from zaqbench.results import format_extra_metrics, format_settings, parse_extra_metrics
+
+    settings = {"iters": 40, "q_lr": 0.01, "g_betas": (0.9, 0.999), "lr_milestones": (), "q_bn_update": False,
+                "gen_output": "valid-range", "lr_third": 1 / 3, "odd": "a,b;c=d"}
+    text = ";".join([format_extra_metrics({"mAP_50": 0.51234}), format_settings(settings)])
+    assert "," not in text
+    assert "cfg.iters=40;" in text and "cfg.lr_third=0.333333" in text
+    metrics, back = parse_extra_metrics(text)
+    assert metrics == {"mAP_50": 0.5123}
+    assert back == {"iters": "40", "q_lr": "0.01", "g_betas": "0.9/0.999", "lr_milestones": "none",
+                    "q_bn_update": "False", "gen_output": "valid-range", "lr_third": "0.333333", "odd": "a_b_c:d"}

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tasks  # noqa: F401
+from zaqbench.results import parse_extra_metrics
 from zaqbench.runner import default_model, main, run_dir_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,16 @@ def test_end_to_end_writes_one_row_per_method(env, capsys):
     assert {r["calib_data"] for r in written} == {"none", "gaussian-noise", "real-train-images",
                                                    "zeroq-distilled", "zaq-generator"}
     assert "zaq" in capsys.readouterr().out  # the printed table
+    # each row records the settings of its method (TINY's overrides included), after any metric
+    settings = {r["method"]: parse_extra_metrics(r["extra_metrics"])[1] for r in written}
+    assert settings["fp"] == {}
+    assert settings["ptq"] == {"batch_size": "8", "calib_batches": "4"}
+    assert settings["zeroq"] == {"batch_size": "8", "calib_batches": "2", "distill_iters": "3", "lr": "0.5"}
+    assert {k: settings["zaq"][k] for k in ("iters", "batch_size", "q_steps", "q_lr", "g_lr", "q_bn_update",
+                                            "lr_milestones")} == {
+        "iters": "2", "batch_size": "4", "q_steps": "1", "q_lr": "0.01", "g_lr": "0.001", "q_bn_update": "False",
+        "lr_milestones": "none"}
+    assert "checkpoint_interval" not in settings["zaq"]  # book-keeping: resuming gives the same Q
     # each ZAQ run leaves its folder where run_dir_name (used by tools/make_plots.py) says
     for r in (r for r in written if r["method"] == "zaq"):
         name = run_dir_name("zaq", int(r["wbits"]), int(r["abits"]), 0, r["config_hash"])

@@ -71,6 +71,18 @@ def test_tables_report_bad_lines_and_render_valid_rows(tmp_path):
     assert render(tmp_path, lambda _: None) == text  # deterministic: same CSVs, same bytes
 
 
+def test_tables_render_rows_that_record_method_settings(tmp_path):
+    plain = tmp_path / "plain"
+    append_rows(plain / "cls.csv", [_row(method="fp", wbits=32, abits=32, value=90.0), _row()])
+    with_settings = tmp_path / "settings"
+    append_rows(with_settings / "cls.csv", [
+        _row(method="fp", wbits=32, abits=32, value=90.0),
+        _row(extra_metrics="top5=98.0;cfg.batch_size=128;cfg.calib_batches=4;cfg.g_betas=0.9/0.999")])
+    problems = []
+    assert render(with_settings, problems.append) == render(plain, problems.append)
+    assert problems == []
+
+
 def test_committed_results_readme_is_reproducible():
     readme = ROOT / "results" / "README.md"
     if not readme.exists():

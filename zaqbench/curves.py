@@ -97,7 +97,7 @@ def write_curves(plan: Plan, args: argparse.Namespace, seeds: list[int], points:
     iters = max(points)
     teacher, fp_metrics = prepare_teacher(plan, args)
     fp_value = fp_metrics[plan.adapter.metric]
-    commit = git_commit()
+    commit = git_commit(config=Path(plan.cfg.filename))
     for seed in seeds:
         for job in plan.jobs:
             ctx = RunContext(plan.adapter, teacher, job.qconfig, seed, plan.run_dir(job, seed), args.resume,

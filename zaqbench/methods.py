@@ -47,6 +47,10 @@ class Method:
     """Base: ``cfg`` holds the method's config section (unknown keys are errors)."""
 
     options: dict[str, Any] = {}
+    # The options that can change a result, recorded in every row (``extra_metrics``, as
+    # ``cfg.<option>=<value>``) so that rows of one method with other settings can be told apart.
+    # None: all of them. Book-keeping options (checkpoint intervals, logging) are left out.
+    protocol_options: tuple[str, ...] | None = None
 
     def __init__(self, **cfg: Any) -> None:
         unknown = sorted(set(cfg) - set(self.options))
@@ -72,6 +76,11 @@ class Method:
                 raise UserError(f"methods.{self.name}.{key}={value!r} is not valid; use a finite number > 0")
 
     name = "method"
+
+    def settings(self) -> dict[str, Any]:
+        """The protocol options with the values this method runs with."""
+        names = self.options if self.protocol_options is None else self.protocol_options
+        return {key: self.cfg[key] for key in names}
 
     def run(self, ctx: RunContext) -> MethodOutput:
         raise NotImplementedError
@@ -156,10 +165,16 @@ class ZAQ(Method):
 
     name = "zaq"
     options = {f: getattr(ZAQConfig(), f) for f in ZAQConfig.__dataclass_fields__}
+    protocol_options = tuple(f for f in options if f != "checkpoint_interval")  # resuming gives the same Q
     overrides: dict[str, Any] = {}
 
     def check_options(self) -> None:
         self.zaq_config()  # ZAQConfig checks every option's type and range
+
+    def settings(self) -> dict[str, Any]:
+        """As run: an ablation's override (alpha=0, beta=0) is what the row records."""
+        cfg = self.zaq_config()
+        return {key: getattr(cfg, key) for key in self.protocol_options}
 
     def zaq_config(self) -> ZAQConfig:
         return ZAQConfig.from_dict({**self.cfg, **self.overrides})

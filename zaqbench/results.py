@@ -28,27 +28,74 @@ COLUMNS = [
 ]
 
 
-def git_commit(repo: Path | None = None) -> str:
-    """Short commit of the code that produced a row; '-dirty' (as git describe) if tracked files differ.
+def git_commit(repo: Path | None = None, config: Path | None = None) -> str:
+    """Short commit of the code that produced a row; '-dirty' (as git describe) if tracked files differ,
+    or if ``config`` (the run's config file) is not committed as it is: untracked, ignored, modified,
+    or outside the repository. Then the commit alone cannot reproduce the row.
 
     Changes under ``results/`` do not count: a regeneration appends to the committed CSVs, and
     marking every row after the first as dirty would say the *code* was uncommitted when it was not.
     """
     repo = repo or Path(__file__).resolve().parents[1]
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=repo, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)results"], cwd=repo, capture_output=True, text=True,
-                               check=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
+        sha = git(repo, "rev-parse", "--short=10", "HEAD")
+        dirty = git(repo, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+        return sha + ("-dirty" if dirty or (config is not None and not config_committed(repo, config)) else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def config_committed(repo: Path, config: Path) -> bool:
+    """``config`` is a tracked file of ``repo`` with no uncommitted change (staged or not)."""
+    top = Path(git(repo, "rev-parse", "--show-toplevel")).resolve()
+    path = Path(config).resolve()
+    if not path.is_relative_to(top):
+        return False
+    rel = path.relative_to(top).as_posix()
+    tracked = git(top, "ls-files", "--", f":(literal){rel}")
+    return bool(tracked) and not git(top, "status", "--porcelain", "--", f":(literal){rel}")
 
 
 def format_extra_metrics(metrics: dict[str, float]) -> str:
     """``k=v;k=v``: no commas, so the CSV stays readable by plain ``cut -d,`` tools."""
     return ";".join(f"{k}={round(v, 4)}" for k, v in sorted(metrics.items()))
+
+
+SETTING_PREFIX = "cfg."  # extra_metrics keys that are a method's settings, not measured metrics
+
+
+def format_setting(value: Any) -> str:
+    """One setting as text without ``,;=`` (the CSV and ``k=v;k=v`` separators): sequences are
+    joined by ``/`` (an empty one is ``none``), floats keep 6 significant digits."""
+    if isinstance(value, (list, tuple)):
+        return "/".join(format_setting(v) for v in value) or "none"
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+    else:
+        text = str(value)
+    return text.translate(str.maketrans(",;=", "__:"))
+
+
+def format_settings(settings: dict[str, Any]) -> str:
+    """``cfg.k=v;cfg.k=v`` in key order: a method's settings as they go into ``extra_metrics``."""
+    return ";".join(f"{SETTING_PREFIX}{k}={format_setting(v)}" for k, v in sorted(settings.items()))
+
+
+def parse_extra_metrics(text: str) -> tuple[dict[str, float], dict[str, str]]:
+    """``extra_metrics`` -> (metrics as numbers, settings as text, without the ``cfg.`` prefix)."""
+    metrics: dict[str, float] = {}
+    settings: dict[str, str] = {}
+    for item in filter(None, text.split(";")):
+        key, _, value = item.partition("=")
+        if key.startswith(SETTING_PREFIX):
+            settings[key[len(SETTING_PREFIX):]] = value
+        else:
+            metrics[key] = float(value)
+    return metrics, settings
 
 
 def now_iso() -> str:

@@ -26,8 +26,8 @@ from .methods import MethodOutput, RunContext
 from .quant import QConfig
 from .run_lock import hold_run_folders
 from .registry import METHODS, build_method, build_task, method_class, task_class
-from .results import (COLUMNS, append_rows, check_writable, format_extra_metrics, git_commit, now_iso,
-                      read_csv_rows, resolve_output)
+from .results import (COLUMNS, append_rows, check_writable, format_extra_metrics, format_settings, git_commit,
+                      now_iso, read_csv_rows, resolve_output)
 from .teacher import get_teacher, teacher_cache_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -348,6 +348,8 @@ def result_row(plan: Plan, job: "Job", seed: int, metrics: dict[str, float], fp_
                calib_data: str, quantized: bool, commit: str) -> dict[str, Any]:
     """The columns every result row shares: identity, metric, protocol, provenance."""
     metric = plan.adapter.metric
+    extra = (format_extra_metrics({k: v for k, v in metrics.items() if k != metric}),
+             format_settings(job.method.settings()))  # measured metrics, then the method's settings
     protocol = job.qconfig.protocol(calib_data) if quantized else \
         {**job.qconfig.protocol("none"), "w_granularity": "fp", "first_last_fp": "all"}
     return {
@@ -355,7 +357,7 @@ def result_row(plan: Plan, job: "Job", seed: int, metrics: dict[str, float], fp_
         "dataset": describe_dataset(plan.adapter.dataset_name, plan.adapter.data_identity()),
         "method": job.method_name, "wbits": job.wbits, "abits": job.abits, "metric": metric,
         "value": round(metrics[metric], 4), "fp_value": round(fp_value, 4),
-        "extra_metrics": format_extra_metrics({k: v for k, v in metrics.items() if k != metric}),
+        "extra_metrics": ";".join(filter(None, extra)),
         "seed": seed, **protocol, "quant_preset": plan.quant_preset, "config_hash": job.config_hash,
         "device": plan.device_label(), "commit": commit, "date": now_iso(),
     }
@@ -385,7 +387,7 @@ def run_jobs(plan: Plan, jobs: list["Job"], args: argparse.Namespace) -> list[di
     """The teacher, then each job's method, evaluation and row; returns the rows written."""
     teacher, fp_metrics = prepare_teacher(plan, args)
     fp_value = fp_metrics[plan.adapter.metric]
-    commit = git_commit()
+    commit = git_commit(config=Path(plan.cfg.filename))
     printed: list[dict[str, Any]] = []
     for job in jobs:
         name, wbits, abits = job.method_name, job.wbits, job.abits
