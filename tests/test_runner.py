@@ -75,6 +75,39 @@ def test_end_to_end_writes_one_row_per_method(env, capsys):
     assert rows(env["out"])[-1]["value"] == written[0]["value"]
 
 
+def test_calibration_data_is_made_once_across_bit_widths(env, monkeypatch, capsys):
+    import zaqbench.methods
+    from tasks.classification import ClassificationAdapter
+
+    calls = {"distill": 0, "real": 0}
+    distill, real_batches = zaqbench.methods.distill_batch, ClassificationAdapter.real_batches
+
+    def counting_distill(*args, **kwargs):
+        calls["distill"] += 1
+        return distill(*args, **kwargs)
+
+    def counting_real_batches(self, *args, **kwargs):
+        calls["real"] += 1
+        return real_batches(self, *args, **kwargs)
+
+    monkeypatch.setattr(zaqbench.methods, "distill_batch", counting_distill)
+    monkeypatch.setattr(ClassificationAdapter, "real_batches", counting_real_batches)
+    assert run(env, "--method", "zeroq,real-ptq", "--bits", "8,6,4") == 0
+    # zeroq's config distils 2 batches (calib_batches=2) and real-ptq reads train/ once: for all 3 widths
+    assert calls == {"distill": 2, "real": 1}
+    assert capsys.readouterr().err.count("reusing this run's calibration batches") == 4
+    together = rows(env["out"])
+    alone = []
+    for bits in ("8", "6", "4"):
+        env["out"] = env["out"].with_name(f"alone{bits}.csv")
+        assert run(env, "--method", "zeroq,real-ptq", "--bits", bits) == 0
+        alone += rows(env["out"])
+    assert calls == {"distill": 2 + 3 * 2, "real": 1 + 3}
+    same = ("method", "wbits", "value", "iters", "extra_metrics", "config_hash", "calib_data")
+    assert [[r[c] for c in same] for r in together] == [[r[c] for c in same] for r in alone]
+    assert len({r["value"] for r in together if r["method"] == "zeroq"}) > 1  # the widths differ: a real check
+
+
 def expect_error(capsys, code, *needles):
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2

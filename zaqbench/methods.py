@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +34,10 @@ class RunContext:
     resume: bool = False
     progress: bool = True
     snapshot_iters: tuple[int, ...] = ()  # ZAQ: save the returned model at these iterations (curves)
+    # The run's generator-free calibration batches (noise, real images, ZeroQ's distilled data),
+    # shared by its jobs: they depend on the teacher, the method's settings and the seed, not on the
+    # bit width, so ``--bits 8,6,4`` makes them once. None: no sharing.
+    calib_cache: dict[tuple[str, str, int], list[torch.Tensor]] | None = None
 
 
 @dataclass
@@ -118,9 +123,21 @@ class NoisePTQ(Method):
             yield torch.randn(ctx.adapter.input_spec.shape(self.cfg["batch_size"]), generator=rng,
                               device=ctx.adapter.device)
 
+    def calibration_batches(self, ctx: RunContext) -> list[torch.Tensor]:
+        """``batches(ctx)``, made once per (method, settings, seed) in a run and then reused."""
+        if ctx.calib_cache is None:
+            return list(self.batches(ctx))
+        key = (self.name, repr(sorted(self.settings().items())), ctx.seed)
+        if key in ctx.calib_cache:
+            print(f"[zaqbench] {self.name}: reusing this run's calibration batches (same teacher, settings "
+                  "and seed)", file=sys.stderr)
+        else:
+            ctx.calib_cache[key] = list(self.batches(ctx))
+        return ctx.calib_cache[key]
+
     def run(self, ctx: RunContext) -> MethodOutput:
         qmodel = self.quantize(ctx)
-        calibrate_activations(qmodel, self.batches(ctx), ctx.adapter.forward_raw)
+        calibrate_activations(qmodel, self.calibration_batches(ctx), ctx.adapter.forward_raw)
         return MethodOutput(qmodel.eval(), calib_data="gaussian-noise")
 
 
@@ -146,17 +163,17 @@ class ZeroQ(NoisePTQ):
     name = "zeroq"
     options = {"batch_size": 64, "calib_batches": 1, "distill_iters": 500, "lr": 0.5}
 
-    def run(self, ctx: RunContext) -> MethodOutput:
+    def batches(self, ctx: RunContext) -> Iterator[torch.Tensor]:
         rng = _seeded(ctx.seed, ctx.adapter.device)
-        batches = []
         for _ in range(self.cfg["calib_batches"]):
             x, _ = distill_batch(ctx.adapter, ctx.teacher, self.cfg["batch_size"], self.cfg["distill_iters"],
                                  self.cfg["lr"], rng, ctx.progress)
-            batches.append(x)
-        qmodel = self.quantize(ctx)
-        calibrate_activations(qmodel, batches, ctx.adapter.forward_raw)
-        return MethodOutput(qmodel.eval(), calib_data="zeroq-distilled",
-                            iters=self.cfg["distill_iters"] * self.cfg["calib_batches"])
+            yield x
+
+    def run(self, ctx: RunContext) -> MethodOutput:
+        out = super().run(ctx)
+        # iters: the protocol's distillation budget, also when this run reused the batches
+        return replace(out, calib_data="zeroq-distilled", iters=self.cfg["distill_iters"] * self.cfg["calib_batches"])
 
 
 @METHODS.register_module(name="zaq")

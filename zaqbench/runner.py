@@ -389,10 +389,11 @@ def run_jobs(plan: Plan, jobs: list["Job"], args: argparse.Namespace) -> list[di
     fp_value = fp_metrics[plan.adapter.metric]
     commit = git_commit(config=Path(plan.cfg.filename))
     printed: list[dict[str, Any]] = []
+    calib_cache: dict = {}  # calibration batches made once, reused across bit widths (RunContext)
     for job in jobs:
         name, wbits, abits = job.method_name, job.wbits, job.abits
         ctx = RunContext(plan.adapter, teacher, job.qconfig, args.seed, plan.run_dir(job, args.seed),
-                         args.resume, not args.no_progress)
+                         args.resume, not args.no_progress, calib_cache=calib_cache)
         print(f"[zaqbench] {name} W{wbits}A{abits} ...", file=sys.stderr)
         torch.manual_seed(args.seed)
         start = time.perf_counter()
