@@ -29,6 +29,7 @@ from zaqbench.features import resolve_modules
 from zaqbench.registry import TASKS
 
 from .mm_config import plain, without_pretrained
+from .mm_output import quiet_unless, runner_log_level
 from .scenes import SceneSpec, ensure_scenes, scenes_key
 
 LOADERS = {"train": "train_dataloader", "test": "test_dataloader"}
@@ -132,6 +133,7 @@ class DetectionAdapter(TaskAdapter):
                 param_scheduler=plain(self.cfg.get("param_scheduler")), default_hooks=hooks,
                 log_processor=dict(by_epoch=True, window_size=self.teacher_cfg.get("log_interval", 50)),
                 randomness=dict(seed=self.teacher_cfg.get("seed", 0)), default_scope="mmdet",
+                log_level=runner_log_level(self.progress),
                 env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo")),
                 experiment_name=f"det-{self.model_name}-teacher-{Path(work_dir).name}",  # unique per run
             )
@@ -177,7 +179,7 @@ class DetectionAdapter(TaskAdapter):
         from mmengine.runner import Runner
 
         dataset = self._dataset("test", self.eval_cfg.get("max_samples"))
-        with mmdet_scope():
+        with mmdet_scope(), quiet_unless(self.progress):
             loader = Runner.build_dataloader(dict(plain(self.cfg.test_dataloader), dataset=dataset))
             evaluator = self._evaluator(dataset)
         was_training = model.training
@@ -188,7 +190,9 @@ class DetectionAdapter(TaskAdapter):
                     evaluator.process(data_samples=model.test_step(batch), data_batch=batch)
         finally:
             model.train(was_training)
-        metrics = {key.rpartition("/")[2]: float(value) for key, value in evaluator.evaluate(len(dataset)).items()}
+        with quiet_unless(self.progress):  # pycocotools prints each step, mmdet logs the table
+            scores = evaluator.evaluate(len(dataset))
+        metrics = {key.rpartition("/")[2]: float(value) for key, value in scores.items()}
         if self.metric not in metrics:  # mmdet reports nothing when no image has a single box: AP 0
             metrics = {f"bbox_mAP{suffix}": 0.0 for suffix in COCO_SUFFIXES}
         return metrics
@@ -303,7 +307,7 @@ class DetectionAdapter(TaskAdapter):
             raise UserError(f"COCO annotation file '{ann}' not found; --data-root must contain "
                             f"'{leaf.get('ann_file')}' and images under '{plain(leaf.get('data_prefix'))}'")
         try:
-            with mmdet_scope():
+            with mmdet_scope(), quiet_unless(self.progress):  # pycocotools: "loading annotations..."
                 dataset = DATASETS.build(cfg)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AssertionError) as err:
             raise UserError(f"malformed COCO annotation file '{ann}': {type(err).__name__}: {_first_line(err)}; "

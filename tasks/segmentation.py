@@ -29,6 +29,7 @@ from zaqbench.registry import TASKS
 
 from .fashion_mnist import CLASSES as FASHION_CLASSES
 from .mm_config import plain, without_pretrained
+from .mm_output import quiet_unless, runner_log_level
 from .scenes import SceneSpec, ensure_scenes
 
 SCENES_DATASET = "FashionScenesDataset"
@@ -207,7 +208,7 @@ class SegmentationAdapter(TaskAdapter):
                 param_scheduler=plain(self.cfg.get("param_scheduler")),
                 default_hooks=hooks, env_cfg=plain(self.cfg.get("env_cfg", {})),
                 log_processor=plain(self.cfg.get("log_processor", dict(by_epoch=False))),
-                log_level=self.cfg.get("log_level", "INFO"), default_scope="mmseg",
+                log_level=runner_log_level(self.progress, self.cfg.get("log_level", "INFO")), default_scope="mmseg",
                 randomness=dict(seed=seed), cfg=self.cfg)
             runner.train()
         model.to(self.device).eval()
@@ -268,7 +269,8 @@ class SegmentationAdapter(TaskAdapter):
                 evaluator.process(data_samples=model.test_step(data), data_batch=data)
         finally:
             model.train(was_training)
-        metrics = evaluator.evaluate(len(loader.dataset))
+        with quiet_unless(self.progress):  # mmseg logs a per-class table
+            metrics = evaluator.evaluate(len(loader.dataset))
         return {k.split("/")[-1]: float(v) for k, v in metrics.items()}
 
     # 6. real data -------------------------------------------------------------------------------
@@ -321,7 +323,8 @@ class SegmentationAdapter(TaskAdapter):
 
                 cfg = self._dataset_cfg(split)
                 try:
-                    dataset = DATASETS.build(cfg)
+                    with quiet_unless(self.progress):
+                        dataset = DATASETS.build(cfg)
                 except (KeyError, FileNotFoundError) as err:
                     raise UserError(f"cannot build the {split} dataset '{cfg.get('type')}' under "
                                     f"'{cfg.get('data_root')}': {_first_line(err)}") from None

@@ -56,6 +56,7 @@ def test_imagefolder_with_wordnet_folders_and_a_checkpoint(paths, capsys):
     assert float(written[0]["value"]) == 100.0 and float(written[1]["value"]) == 100.0
     err = capsys.readouterr().err
     assert "features (automatic" in err and "mix (16x16)" in err and "warning" not in err
+    assert "\r" not in err  # --no-progress: no bar while streaming the folder either
 
 
 def test_imagefolder_labelled_0_to_k_is_refused_before_any_work(paths, capsys):

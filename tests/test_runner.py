@@ -108,6 +108,18 @@ def test_calibration_data_is_made_once_across_bit_widths(env, monkeypatch, capsy
     assert len({r["value"] for r in together if r["method"] == "zeroq"}) > 1  # the widths differ: a real check
 
 
+def test_no_progress_hides_every_bar(env, capfd):
+    methods = ["--method", "fp,ptq,real-ptq,zeroq,zaq", "--bits", "8"]
+    assert run(env, *methods) == 0  # --no-progress; trains the teacher too (fresh cache)
+    quiet = capfd.readouterr()
+    assert "\r" not in quiet.out + quiet.err and "it/s" not in quiet.err
+    env["out"] = env["out"].with_name("loud.csv")
+    assert main(["--task", "cls", "--model", "resnet20", "--data-root", env["root"], "--out", str(env["out"]),
+                 "--work-dir", env["work"], *methods, "--cfg-options", *TINY]) == 0
+    loud = capfd.readouterr().err  # the same run with bars: ZeroQ's distillation, ZAQ
+    assert [bar for bar in ("\r", "zeroq distill", "zaq") if bar not in loud] == []
+
+
 def expect_error(capsys, code, *needles):
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2

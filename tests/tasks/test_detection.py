@@ -16,6 +16,7 @@ pytest.importorskip("mmdet")
 pytest.importorskip("pycocotools")
 
 from mmengine.config import Config  # noqa: E402
+from mmengine.logging import MMLogger  # noqa: E402
 
 from tasks.detection import DetectionAdapter  # noqa: E402
 from tasks.fashion_mnist import CLASSES  # noqa: E402
@@ -165,17 +166,32 @@ def test_a_perfect_detector_scores_one_also_on_a_subset(adapter, cache_dir):
 
 
 # -- the teacher --------------------------------------------------------------------------
-def test_train_teacher_runs_mmengine_runner_and_trains_bn(adapter):
+def test_train_teacher_runs_mmengine_runner_and_trains_bn(adapter, capfd):
     torch.manual_seed(0)
     model = adapter.build_model()
     before = copy.deepcopy(model.state_dict())
     adapter.train_teacher(model)
+    assert "Epoch(train)" in capfd.readouterr().out  # progress on: mmengine's log lines (cf. --no-progress)
     after = model.state_dict()
     bn_mean = "backbone.bn1.running_mean"
     assert not torch.equal(before[bn_mean], after[bn_mean])  # BN statistics were updated
     assert not torch.equal(before["backbone.layer1.0.conv1.weight"], after["backbone.layer1.0.conv1.weight"])
     assert not torch.equal(before["bbox_head.retina_cls.weight"], after["bbox_head.retina_cls.weight"])
     assert not model.training
+
+
+def test_no_progress_hides_runner_logs_and_coco_prints(cache_dir, capfd):
+    quiet = make_adapter(tiny_cfg(), cache_dir)
+    quiet.progress = False  # --no-progress
+    model = quiet.build_model()
+    quiet.train_teacher(model)
+    MMLogger.get_instance("det-progress-off", log_level="INFO")  # quiet whatever logger is the latest
+    quiet.evaluate(model)
+    printed = capfd.readouterr()
+    for chatter in ("System environment", "Epoch(train)", "loading annotations", "Evaluating bbox", "Average Precision"):
+        assert chatter not in printed.out + printed.err, chatter
+    make_adapter(tiny_cfg(), cache_dir).evaluate(model)  # progress on: the same evaluation prints them
+    assert "loading annotations" in capfd.readouterr().out
 
 
 def test_teacher_key_is_json_and_tracks_the_schedule(tmp_path):

@@ -113,14 +113,36 @@ def test_real_batches_are_normalised_like_the_preprocessor_and_seeded(adapter):
     assert all(torch.equal(a, b) for a, b in zip(batches, again))
 
 
-def test_train_teacher_runs_mmseg_loop_and_trains_bn(adapter):
+def test_train_teacher_runs_mmseg_loop_and_trains_bn(adapter, capfd):
     model = adapter.build_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     adapter.train_teacher(model)
+    assert "Iter(train)" in capfd.readouterr().out  # progress on: mmengine's log lines (cf. --no-progress)
     bn = model.backbone.layer1[0].bn1
     assert not torch.equal(bn.running_mean, before["backbone.layer1.0.bn1.running_mean"])
     assert int(bn.num_batches_tracked) == 3
     assert not torch.equal(model.decode_head.conv_seg.weight, before["decode_head.conv_seg.weight"])
+
+
+def test_no_progress_hides_runner_logs_and_metric_tables(fmnist_root, cache, capfd):
+    from mmengine.logging import MMLogger
+
+    def adapter(progress: bool) -> SegmentationAdapter:
+        made = SegmentationAdapter(tiny_deeplabv3_config(), "tiny", str(fmnist_root), cache, torch.device("cpu"))
+        made.progress = progress
+        return made
+
+    model = adapter(True).build_model()
+    MMLogger.get_instance("seg-progress-on", log_level="INFO")  # mmengine logs to its latest logger
+    adapter(True).evaluate(model)
+    assert "per class results" in capfd.readouterr().out  # progress on: the table is printed
+    quiet = adapter(False)  # --no-progress
+    quiet.train_teacher(model)
+    MMLogger.get_instance("seg-progress-off", log_level="INFO")  # quiet whatever logger is the latest
+    quiet.evaluate(model)
+    printed = capfd.readouterr()
+    for chatter in ("System environment", "Iter(train)", "per class results"):
+        assert chatter not in printed.out + printed.err, chatter
 
 
 # -- evaluation ---------------------------------------------------------------------------------
