@@ -14,6 +14,7 @@ without it installed.
 from __future__ import annotations
 
 import functools
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -209,7 +210,10 @@ class SegmentationAdapter(TaskAdapter):
                 default_hooks=hooks, env_cfg=plain(self.cfg.get("env_cfg", {})),
                 log_processor=plain(self.cfg.get("log_processor", dict(by_epoch=False))),
                 log_level=runner_log_level(self.progress, self.cfg.get("log_level", "INFO")), default_scope="mmseg",
-                randomness=dict(seed=seed), cfg=self.cfg)
+                randomness=dict(seed=seed), cfg=self.cfg,
+                # unique: mmengine reuses a logger of the same name (timestamp to the second), with
+                # the level and handlers of whichever run made it first
+                experiment_name=f"seg-{self.model_name}-teacher-{uuid.uuid4().hex[:12]}")
             runner.train()
         model.to(self.device).eval()
 
