@@ -7,7 +7,7 @@ the calibration source that goes into the result row's protocol.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,6 +40,7 @@ class MethodOutput:
     calib_data: str  # recorded in the row's protocol
     iters: int = 0  # optimisation iterations (ZAQ loop, ZeroQ distillation)
     quantized: bool = True
+    not_applicable: str | None = None  # why the method cannot apply to this model: an n/a row, no score
 
 
 class Method:
@@ -138,7 +139,7 @@ class ZAQ(Method):
     """Zero-shot adversarial quantization (Liu, Zhang, Wang, CVPR 2021)."""
 
     name = "zaq"
-    options = {f: getattr(ZAQConfig(), f) for f in ZAQConfig.__dataclass_fields__}
+    options = {f.name: getattr(ZAQConfig(), f.name) for f in fields(ZAQConfig)}
     overrides: dict[str, Any] = {}
 
     def __init__(self, **cfg: Any) -> None:
@@ -171,3 +172,7 @@ class ZAQNoActivation(ZAQ):
 
     name = "zaq-no-act"
     overrides = {"beta": 0.0}
+
+
+# Methods kept in their own files register on import, so importing this module registers all.
+from . import dfq, gdfq  # noqa: E402,F401
