@@ -204,7 +204,8 @@ def render(results_dir: Path, warn) -> str:
             if (results_dir / plot).exists():
                 parts.append(f"![{plot}]({plot})")
         parts.append("")
-    for folder, title in (("threads", "Other thread counts"), ("fresh_clone", "A fresh clone with an empty cache")):
+    for folder, title in (("threads", "Other thread counts"), ("fresh_clone", "A fresh clone with an empty cache"),
+                          ("per_tensor", "Per-tensor weights (the setting DFQ was designed for)")):
         for path in sorted((results_dir / folder).glob("*.csv")):
             rows = read_rows(path, warn)
             if not rows:
