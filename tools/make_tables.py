@@ -205,7 +205,8 @@ def render(results_dir: Path, warn) -> str:
                 parts.append(f"![{plot}]({plot})")
         parts.append("")
     for folder, title in (("threads", "Other thread counts"), ("fresh_clone", "A fresh clone with an empty cache"),
-                          ("per_tensor", "Per-tensor weights (the setting DFQ was designed for)")):
+                          ("per_tensor", "Per-tensor weights (the setting DFQ was designed for)"),
+                          ("gdfq_ablation", "GDFQ without the CE term on Q (methods.gdfq.q_ce_weight=0)")):
         for path in sorted((results_dir / folder).glob("*.csv")):
             rows = read_rows(path, warn)
             if not rows:
