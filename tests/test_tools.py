@@ -118,3 +118,14 @@ def test_curve_tables_show_mean_and_std_per_iteration(tmp_path):
     text = render(tmp_path, lambda _: None)
     assert "| m | zaq | W4A4 | (config as is) | 81.00 ± 1.41 (2) | 86.00 ± 1.41 (2) |" in text
     assert "| m | zaq | W4A4 | bns_weight=0.0 | 70.00 | – |" in text
+
+
+def test_not_applicable_rows_render_as_na_with_their_reason_and_are_not_ranked(tmp_path):
+    rows = [_row(method="fp", wbits=32, abits=32, value=90.0)]
+    for seed in range(2):
+        rows += [_row(method="zaq", value=88.0 + seed, seed=seed),
+                 _row(method="dfq", value=float("nan"), seed=seed, calib_data="n/a: no chain found")]
+    append_rows(tmp_path / "cls.csv", rows)
+    text = render(tmp_path, lambda _: None)
+    assert "| m | dfq | 90.00 | n/a (no chain found) |" in text
+    assert not [ln for ln in text.splitlines() if ln.startswith("| m | W4A4 |") and "dfq" in ln]

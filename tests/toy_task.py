@@ -28,7 +28,7 @@ def make_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 @TASKS.register_module(name="toy")
 class ToyAdapter(TaskAdapter):
     metric = "accuracy"
-    task_fields = frozenset({"width", "eval"})  # task.<anything else> is a typo, reported before any work
+    task_fields = frozenset({"width", "eval", "arch"})  # task.<anything else> is a typo, reported before any work
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -37,6 +37,8 @@ class ToyAdapter(TaskAdapter):
 
     def build_model(self) -> nn.Module:
         width = int(self.task_cfg.get("width", 8))
+        if self.task_cfg.get("arch") == "mlp":  # no conv at all: what DFQ cannot equalize (its n/a path)
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 4)).to(self.device)
         return nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
             nn.Conv2d(width, width, 3, padding=1, stride=2), nn.BatchNorm2d(width), nn.ReLU(),
@@ -44,9 +46,10 @@ class ToyAdapter(TaskAdapter):
         ).to(self.device)
 
     def teacher_key(self) -> dict[str, Any]:
-        """Everything the teacher depends on: the architecture's width and the (fixed) data and
+        """Everything the teacher depends on: the architecture (arch, width) and the (fixed) data and
         recipe. The run's --seed is not part of it: the core trains teachers from a fixed seed."""
-        return {**super().teacher_key(), "width": int(self.task_cfg.get("width", 8)), "recipe": "adam-1e-2-60"}
+        return {**super().teacher_key(), "arch": self.task_cfg.get("arch", "conv"),
+                "width": int(self.task_cfg.get("width", 8)), "recipe": "adam-1e-2-60"}
 
     def train_teacher(self, model: nn.Module) -> None:
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)

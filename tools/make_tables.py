@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from zaqbench.results import COLUMNS, read_csv_rows, read_frame  # noqa: E402
 
 TASKS = {"cls": "Classification", "det": "Detection", "seg": "Segmentation"}
-METHOD_ORDER = ["fp", "ptq", "zeroq", "zaq", "zaq-no-feat", "zaq-no-act", "real-ptq"]
+METHOD_ORDER = ["fp", "ptq", "dfq", "zeroq", "gdfq", "zaq", "dfq+zaq", "zaq-no-feat", "zaq-no-act", "real-ptq"]
 METHOD_NOTES = {"real-ptq": "real-ptq (reference, uses real data)"}
 PROTOCOL = ["w_granularity", "w_symmetric", "a_symmetric", "a_range", "first_last_fp", "bn_folded", "quant_preset"]
 NUMERIC = {"wbits": int, "abits": int, "value": float, "fp_value": float, "seed": int, "seconds": float,
@@ -71,6 +71,14 @@ def cell(values: pd.Series, fp: pd.Series) -> str:
     return f"{_fmt(values.iloc[0], digits)} ({pct.iloc[0]:.1f}%)"
 
 
+def na_cell(rows: pd.DataFrame) -> str | None:
+    """'n/a (reason)' where every row of the cell is a method that could not apply (runner's n/a rows)."""
+    calib = rows["calib_data"].astype(str) if "calib_data" in rows else pd.Series(dtype=str)
+    if len(calib) and calib.str.startswith("n/a: ").all():
+        return "n/a (" + calib.iloc[-1][len("n/a: "):] + ")"
+    return None
+
+
 def task_section(task: str, df: pd.DataFrame) -> str:
     df = df.copy()
     df["bits"] = "W" + df["wbits"].astype(str) + "A" + df["abits"].astype(str)
@@ -93,7 +101,7 @@ def task_section(task: str, df: pd.DataFrame) -> str:
             if method == "fp":
                 cells.append("")
                 continue
-            cells.append(cell(sel["value"], sel["fp_value"]) if len(sel) else "–")
+            cells.append(na_cell(sel) or cell(sel["value"], sel["fp_value"]) if len(sel) else "–")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Cells: metric (% of the FP teacher of the same run); mean ± std where several seeds exist.")
@@ -117,7 +125,7 @@ def ranking_lines(df: pd.DataFrame, reference: str = "zaq") -> list[str]:
     """ZAQ against each other method, per model and bit width with >= 2 seeds of both: the gap
     of the means, and whether it exceeds the larger of the two standard deviations. A ranking is
     claimed only then ("ahead" / "behind"); otherwise the table says "within the seed spread"."""
-    df = df[df.method != "fp"].copy()
+    df = df[(df.method != "fp") & df["value"].notna()].copy()  # n/a rows have no score to rank
     df["bits"] = "W" + df["wbits"].astype(str) + "A" + df["abits"].astype(str)
     lines: list[str] = []
     for (model, bits), g in df.groupby(["model", "bits"]):
@@ -188,7 +196,9 @@ def render(results_dir: Path, warn) -> str:
             if (results_dir / plot).exists():
                 parts.append(f"![{plot}]({plot})")
         parts.append("")
-    for folder, title in (("threads", "Other thread counts"), ("fresh_clone", "A fresh clone with an empty cache")):
+    for folder, title in (("threads", "Other thread counts"), ("fresh_clone", "A fresh clone with an empty cache"),
+                          ("per_tensor", "Per-tensor weights (the setting DFQ was designed for)"),
+                          ("gdfq_ablation", "GDFQ without the CE term on Q (methods.gdfq.q_ce_weight=0)")):
         for path in sorted((results_dir / folder).glob("*.csv")):
             rows = read_rows(path, warn)
             if not rows:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from zaqbench.runner import default_model  # noqa: E402
 
-DEFAULT_METHODS = "fp,ptq,real-ptq,zeroq,zaq,zaq-no-feat,zaq-no-act"
+DEFAULT_METHODS = "fp,ptq,real-ptq,zeroq,zaq,zaq-no-feat,zaq-no-act,dfq,gdfq,dfq+zaq"
 
 
 def main() -> int:

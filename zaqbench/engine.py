@@ -20,7 +20,7 @@ import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -42,6 +42,8 @@ from .zeroq import bn_statistics_terms
 @dataclass
 class ZAQConfig:
     """Every knob of the loop, with the official code's defaults."""
+
+    section: ClassVar[str] = "zaq"  # the config section named in error messages
 
     iters: int = 18000  # official: 300 epochs x 60 iterations
     q_steps: int = 5
@@ -74,7 +76,7 @@ class ZAQConfig:
     def __post_init__(self) -> None:
         """Impossible values fail here, before any teacher training or method run."""
         def bad(name: str, valid: str) -> UserError:
-            return UserError(f"methods.zaq.{name}={getattr(self, name)!r} is not valid; {valid}")
+            return UserError(f"methods.{self.section}.{name}={getattr(self, name)!r} is not valid; {valid}")
 
         for name in ("iters", "q_steps", "batch_size", "nz", "calib_batches", "checkpoint_interval",
                      "generator_channels"):
@@ -103,20 +105,20 @@ class ZAQConfig:
                 raise bad(name, f"valid values: {', '.join(valid)}")
         for name, on in (("q_trust_steps", bool(self.q_trust_steps)), ("q_optimizer", self.q_optimizer != "sgd")):
             if on and self.q_params == "all":
-                raise UserError(f"methods.zaq.{name}={getattr(self, name)!r} works on the quantized weights only; "
-                                "set methods.zaq.q_params='quantized-weights' with it")
+                raise UserError(f"methods.{self.section}.{name}={getattr(self, name)!r} works on the quantized weights only; "
+                                f"set methods.{self.section}.q_params='quantized-weights' with it")
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "ZAQConfig":
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(cfg) - known)
         if unknown:
-            raise UserError(f"unknown ZAQ option(s) {unknown}; valid options: {sorted(known)}")
+            raise UserError(f"unknown {cls.section.upper()} option(s) {unknown}; valid options: {sorted(known)}")
         cfg = dict(cfg)
         for key in ("g_betas", "lr_milestones"):
             if key in cfg:
                 if not isinstance(cfg[key], (list, tuple)):
-                    raise UserError(f"methods.zaq.{key}={cfg[key]!r} is not valid; use a list, e.g. [0.9, 0.999]")
+                    raise UserError(f"methods.{cls.section}.{key}={cfg[key]!r} is not valid; use a list, e.g. [0.9, 0.999]")
                 cfg[key] = tuple(cfg[key])
         return cls(**cfg)
 
@@ -180,7 +182,12 @@ class ZAQTrainer:
 
     ``snapshot_iters``: iterations (0 = right after calibration) at which the model the run
     would return is saved under ``snapshots/`` for budget curves; reporting only.
+
+    Subclasses with another objective (GDFQ) override ``step`` and, for another generator,
+    ``build_generator`` / ``draw``; optimisers, checkpoints, calibration and the loop are shared.
     """
+
+    name = "zaq"  # progress bar and error messages
 
     def __init__(self, adapter: TaskAdapter, teacher: nn.Module, qmodel: nn.Module,
                  cfg: ZAQConfig, work_dir: Path, seed: int, progress: bool = True,
@@ -199,8 +206,7 @@ class ZAQTrainer:
         self.seed = seed
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         torch.manual_seed(seed)
-        self.generator = Generator(adapter.input_spec, cfg.nz, cfg.generator_channels,
-                                   cfg.gen_output).to(self.device)
+        self.generator = self.build_generator().to(self.device)
         if cfg.q_optimizer == "adam-grid":
             # q_lr is in grid steps per update; weight decay would pull towards 0, not towards P
             self.opt_q = torch.optim.Adam(q_params, lr=cfg.q_lr)
@@ -225,9 +231,16 @@ class ZAQTrainer:
     def loss_log_path(self) -> Path:
         return self.work_dir / "losses.jsonl"
 
-    def sample(self) -> torch.Tensor:
-        z = torch.randn(self.cfg.batch_size, self.cfg.nz, generator=self.rng, device=self.device)
+    def build_generator(self) -> nn.Module:
+        return Generator(self.adapter.input_spec, self.cfg.nz, self.cfg.generator_channels, self.cfg.gen_output)
+
+    def draw(self, rng: torch.Generator) -> torch.Tensor:
+        """One generated batch, every random draw from ``rng``."""
+        z = torch.randn(self.cfg.batch_size, self.cfg.nz, generator=rng, device=self.device)
         return self.generator(z)
+
+    def sample(self) -> torch.Tensor:
+        return self.draw(self.rng)
 
     @property
     def snapshot_dir(self) -> Path:
@@ -269,8 +282,20 @@ class ZAQTrainer:
         if bad:
             kept = f"last good checkpoint kept at {self.checkpoint_path}" if self.checkpoint_path.exists() \
                 else "no checkpoint was written yet"
-            raise DivergenceError(f"ZAQ diverged at iteration {self.iteration}: {', '.join(bad)} "
+            raise DivergenceError(f"{self.name.upper()} diverged at iteration {self.iteration}: {', '.join(bad)} "
                                   f"is not finite; {kept}; lower q_lr/g_lr and rerun")
+
+    def update_q(self, loss_q: torch.Tensor) -> None:
+        """One optimiser step of Q on ``loss_q``, with the grid scaling and trust region if on."""
+        self.opt_q.zero_grad(set_to_none=True)
+        loss_q.backward()
+        if self.grid_updates is not None:
+            self.grid_updates.remember()
+        self.opt_q.step()
+        if self.grid_updates is not None:
+            self.grid_updates.rescale()
+        if self.trust_region is not None:
+            self.trust_region.project()
 
     def step(self) -> dict[str, float]:
         """One ZAQ iteration: q_steps Q updates, then one G update."""
@@ -282,15 +307,7 @@ class ZAQTrainer:
                 x = self.sample()
             d = self._discrepancy(x, p_grad=False)
             loss_q = d["d_o"] + cfg.alpha * d["d_f"]
-            self.opt_q.zero_grad(set_to_none=True)
-            loss_q.backward()
-            if self.grid_updates is not None:
-                self.grid_updates.remember()
-            self.opt_q.step()
-            if self.grid_updates is not None:
-                self.grid_updates.rescale()
-            if self.trust_region is not None:
-                self.trust_region.project()
+            self.update_q(loss_q)
         x = self.sample()
         with clip_fractions(self.qmodel) as clipped:
             d = self._discrepancy(x, p_grad=True, bn_prior=cfg.bns_weight > 0)
@@ -325,10 +342,7 @@ class ZAQTrainer:
         self.generator.train()
         g_buffers = {k: v.clone() for k, v in self.generator.named_buffers()}
         with torch.no_grad():
-            samples = []
-            for _ in range(batches):
-                z = torch.randn(self.cfg.batch_size, self.cfg.nz, generator=rng or self.rng, device=self.device)
-                samples.append(self.generator(z))
+            samples = [self.draw(rng or self.rng) for _ in range(batches)]
             if rng is not None:  # G's BN running stats are never used, but keep its state untouched
                 for name, buf in self.generator.named_buffers():
                     buf.copy_(g_buffers[name])
@@ -365,7 +379,7 @@ class ZAQTrainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("config") != json.dumps(asdict(self.cfg)):
-            raise UserError(f"{self.checkpoint_path} was written with a different ZAQ config; "
+            raise UserError(f"{self.checkpoint_path} was written with a different {self.name.upper()} config; "
                             "rerun without --resume or with the original settings")
         self.generator.load_state_dict(state["generator"])
         self.qmodel.load_state_dict(state["qmodel"])
@@ -406,7 +420,7 @@ class ZAQTrainer:
                 old.unlink()
             self.calibrate(self.cfg.calib_batches)
             self.save_snapshot()
-        bar = tqdm(total=self.cfg.iters, initial=self.iteration, desc="zaq", disable=not self.progress,
+        bar = tqdm(total=self.cfg.iters, initial=self.iteration, desc=self.name, disable=not self.progress,
                    dynamic_ncols=True, leave=False)
         try:
             with _StopOnCtrlC() as stop:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -46,6 +46,7 @@ class MethodOutput:
     calib_data: str  # recorded in the row's protocol
     iters: int = 0  # optimisation iterations (ZAQ loop, ZeroQ distillation)
     quantized: bool = True
+    not_applicable: str | None = None  # why the method cannot apply to this model: an n/a row, no score
 
 
 class Method:
@@ -181,7 +182,7 @@ class ZAQ(Method):
     """Zero-shot adversarial quantization (Liu, Zhang, Wang, CVPR 2021)."""
 
     name = "zaq"
-    options = {f: getattr(ZAQConfig(), f) for f in ZAQConfig.__dataclass_fields__}
+    options = {f.name: getattr(ZAQConfig(), f.name) for f in fields(ZAQConfig)}
     protocol_options = tuple(f for f in options if f != "checkpoint_interval")  # resuming gives the same Q
     overrides: dict[str, Any] = {}
 
@@ -219,3 +220,7 @@ class ZAQNoActivation(ZAQ):
 
     name = "zaq-no-act"
     overrides = {"beta": 0.0}
+
+
+# Methods kept in their own files register on import, so importing this module registers all.
+from . import dfq, gdfq  # noqa: E402,F401

@@ -363,6 +363,14 @@ def result_row(plan: Plan, job: "Job", seed: int, metrics: dict[str, float], fp_
     }
 
 
+NOT_APPLICABLE = "n/a: "
+
+
+def not_applicable_cell(reason: str) -> str:
+    """The ``calib_data`` cell of an n/a row: ``n/a: <reason>`` on one line, without commas."""
+    return NOT_APPLICABLE + " ".join(reason.split()).replace(",", ";")
+
+
 def run(args: argparse.Namespace) -> int:
     plan = build_plan(args)
     jobs = plan.jobs
@@ -398,14 +406,19 @@ def run_jobs(plan: Plan, jobs: list["Job"], args: argparse.Namespace) -> list[di
         torch.manual_seed(args.seed)
         start = time.perf_counter()
         result: MethodOutput = job.method.run(ctx)
-        metrics = fp_metrics if result.model is teacher else plan.adapter.evaluate(result.model)
+        if result.not_applicable:  # an explicit n/a cell: no score, the reason in calib_data
+            metrics, calib = {plan.adapter.metric: float("nan")}, not_applicable_cell(result.not_applicable)
+        else:
+            metrics = fp_metrics if result.model is teacher else plan.adapter.evaluate(result.model)
+            calib = result.calib_data
         seconds = time.perf_counter() - start
-        row = {**result_row(plan, job, args.seed, metrics, fp_value, result.calib_data, result.quantized, commit),
+        row = {**result_row(plan, job, args.seed, metrics, fp_value, calib, result.quantized, commit),
                "iters": result.iters, "seconds": round(seconds, 1)}
         append_or_keep(plan.out, row, ctx.work_dir)
         printed.append(row)
-        print(f"[zaqbench] {name} W{wbits}A{abits}: {plan.adapter.metric} = {row['value']:.4f} "
-              f"({seconds:.0f}s)", file=sys.stderr)
+        score = f"n/a ({result.not_applicable})" if result.not_applicable else f"{row['value']:.4f}"
+        print(f"[zaqbench] {name} W{wbits}A{abits}: {plan.adapter.metric} = {score} ({seconds:.0f}s)",
+              file=sys.stderr)
     return printed
 
 

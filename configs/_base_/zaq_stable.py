@@ -15,3 +15,14 @@ zaq_stable = dict(
     q_params='quantized-weights', q_trust_steps=1.0,  # Q's weights move at most one grid step from P's
 )
 methods = {'zaq': zaq_stable, 'zaq-no-feat': zaq_stable, 'zaq-no-act': zaq_stable}
+# DFQ as ZAQ's starting point (issue 14) trains exactly like ZAQ.
+methods['dfq+zaq'] = zaq_stable
+# GDFQ (issue 14) fine-tunes Q with the same Q-side settings as the stable ZAQ recipe (grid-scaled
+# Adam, trust region, Q's BN statistics kept, valid-range images), so a gdfq row differs from a zaq
+# row by the generator's objective (CE + BN statistics against P, no min-max) and Q's loss (KD + CE
+# instead of D_o + D_f), not by the optimiser. GDFQ's own loss weights (bns_weight=0.1, CE weight 1,
+# KD at T=1) are its method defaults (zaqbench/gdfq.py); unlike the ZAQ recipe it re-sets Q's
+# activation ranges on the trained generator's images at the end (recalibrate_at_end, default True).
+gdfq_stable = dict(q_optimizer='adam-grid', q_lr=0.01, lr_milestones=[], q_bn_update=False,
+                   gen_output='valid-range', q_params='quantized-weights', q_trust_steps=1.0)
+methods['gdfq'] = gdfq_stable

@@ -12,11 +12,17 @@ task = dict(
     eval=dict(batch_size=1000),
 )
 quant = dict(preset="zaq-code")
-default_methods = ["fp", "ptq", "real-ptq", "zeroq", "zaq", "zaq-no-feat", "zaq-no-act"]
+default_methods = ["fp", "ptq", "real-ptq", "zeroq", "zaq", "zaq-no-feat", "zaq-no-act", "dfq", "gdfq", "dfq+zaq"]
 zaq_paper = dict(iters=300 * 60, batch_size=256, q_steps=5, checkpoint_interval=600)
 methods = dict(
     ptq=dict(batch_size=256, calib_batches=4),
     zeroq=dict(batch_size=256, calib_batches=1, distill_iters=500),
     zaq=zaq_paper,
-    **{"real-ptq": dict(batch_size=256, calib_batches=4), "zaq-no-feat": zaq_paper, "zaq-no-act": zaq_paper},
+    **{"real-ptq": dict(batch_size=256, calib_batches=4), "zaq-no-feat": zaq_paper, "zaq-no-act": zaq_paper,
+       "dfq+zaq": zaq_paper},
+    # DFQ has no schedule (no data, no training); its activation ranges come from ptq's noise
+    dfq=dict(batch_size=256, calib_batches=4),
+    # GDFQ's GPU schedule (configs/README.md): 400 epochs x 200 iterations, G by Adam at 1e-3,
+    # Q by SGD (momentum 0.9) at 1e-4; the CE/BNS/KD weights are the method's defaults
+    gdfq=dict(iters=400 * 200, batch_size=256, q_lr=1e-4, g_lr=1e-3, lr_milestones=[], checkpoint_interval=1000),
 )

@@ -19,10 +19,13 @@ task = dict(
 )
 quant = dict(preset='default', first_fp=True, last_fp=False,
              fp_layers=['bbox_head.retina_cls', 'bbox_head.retina_reg'])
-default_methods = ['fp', 'ptq', 'real-ptq', 'zeroq', 'zaq']
+default_methods = ['fp', 'ptq', 'real-ptq', 'zeroq', 'zaq', 'dfq', 'gdfq', 'dfq+zaq']
 methods = dict(
     ptq=dict(batch_size=4, calib_batches=8),
     zeroq=dict(batch_size=4, calib_batches=2, distill_iters=200),
     zaq=dict(iters=500, batch_size=4, checkpoint_interval=50, calib_batches=8),
-    **{'real-ptq': dict(batch_size=4, calib_batches=8)},
+    dfq=dict(batch_size=4, calib_batches=8),
+    gdfq=dict(iters=1500, batch_size=4, checkpoint_interval=50, calib_batches=8),  # ~ZAQ's compute
+    **{'real-ptq': dict(batch_size=4, calib_batches=8),
+       'dfq+zaq': dict(iters=500, batch_size=4, checkpoint_interval=50, calib_batches=8)},
 )

@@ -23,11 +23,13 @@ task = dict(
 # Stem conv and the decode head's classifier in FP; the auxiliary FCN head
 # (the last registered conv, unused at inference) is quantized like the rest.
 quant = dict(preset='default', first_fp=True, last_fp=False, fp_layers=['decode_head.conv_seg'])
-default_methods = ['fp', 'ptq', 'real-ptq', 'zeroq', 'zaq']
+default_methods = ['fp', 'ptq', 'real-ptq', 'zeroq', 'zaq', 'dfq', 'gdfq', 'dfq+zaq']
 
 # GPU-sized budgets: 512x1024 inputs on a ResNet-50 are far beyond a CPU.
 methods = dict(
     zaq=dict(batch_size=4, iters=2000),
     ptq=dict(batch_size=4, calib_batches=8),
     zeroq=dict(batch_size=4, distill_iters=500),
-    **{'real-ptq': dict(batch_size=4, calib_batches=8)})
+    dfq=dict(batch_size=4, calib_batches=8),
+    gdfq=dict(batch_size=4, iters=6000),  # ~ZAQ's compute: a GDFQ iteration is ~1/3 of ZAQ's
+    **{'real-ptq': dict(batch_size=4, calib_batches=8), 'dfq+zaq': dict(batch_size=4, iters=2000)})
