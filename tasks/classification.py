@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from zaqbench import distributed
 from zaqbench.adapter import InputSpec, TaskAdapter
+from zaqbench.devices import loader_options
 from zaqbench.errors import UserError
 from zaqbench.registry import TASKS
 
@@ -114,6 +116,8 @@ class ClassificationAdapter(TaskAdapter):
             if limit:
                 images, labels = images[:limit], labels[:limit]
             x = _to_tensor(images, spec.channels, spec.height, spec.mean, spec.std)
+            if self.device.type == "cuda":  # pinned: batches copy to the GPU asynchronously
+                x = x.pin_memory()
             self._splits[name] = TensorSplit(x, torch.as_tensor(labels, dtype=torch.long))
         return self._splits[name]
 
@@ -129,7 +133,7 @@ class ClassificationAdapter(TaskAdapter):
         ds = datasets.ImageFolder(str(folder), transform=tf)
         limit = self.eval_cfg.get("max_samples") or len(ds)
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(min(limit, len(ds)))),
-                                             batch_size=64)
+                                             batch_size=64, **loader_options(self.device))
         xs, ys = zip(*[(x, y) for x, y in tqdm(loader, desc=f"loading {folder}", leave=False,
                                                        disable=not self.progress)])
         self._splits[name] = TensorSplit(torch.cat(xs), torch.cat(ys))
@@ -214,10 +218,11 @@ class ClassificationAdapter(TaskAdapter):
         model.eval()
         correct = 0
         bs = int(self.eval_cfg.get("batch_size", 500))
-        for i in range(0, len(test), bs):
-            logits = model(test.images[i:i + bs].to(self.device))
+        for i in distributed.shard(range(0, len(test), bs)):  # under torchrun: every W-th batch
+            logits = model(test.images[i:i + bs].to(self.device, non_blocking=True))
             correct += (logits.argmax(1).cpu() == test.labels[i:i + bs]).sum().item()
         model.train(was_training)
+        correct = distributed.all_sum([correct])[0]  # exact: integer counts
         return {"top1": 100.0 * correct / max(1, len(test))}
 
 

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from . import distributed
 from .adapter import TaskAdapter
 from .engine import ZAQConfig, ZAQTrainer
 from .errors import UserError
@@ -94,7 +95,8 @@ class NoisePTQ(Method):
 
     def run(self, ctx: RunContext) -> MethodOutput:
         qmodel = self.quantize(ctx)
-        calibrate_activations(qmodel, self.batches(ctx), ctx.adapter.forward_raw)
+        # under torchrun each rank calibrates on every W-th batch; the ranges are reduced after
+        calibrate_activations(qmodel, distributed.shard(self.batches(ctx)), ctx.adapter.forward_raw)
         return MethodOutput(qmodel.eval(), calib_data="gaussian-noise")
 
 
@@ -122,11 +124,14 @@ class ZeroQ(NoisePTQ):
 
     def run(self, ctx: RunContext) -> MethodOutput:
         rng = _seeded(ctx.seed, ctx.adapter.device)
-        batches = []
-        for _ in range(self.cfg["calib_batches"]):
-            x, _ = distill_batch(ctx.adapter, ctx.teacher, self.cfg["batch_size"], self.cfg["distill_iters"],
-                                 self.cfg["lr"], rng, ctx.progress)
-            batches.append(x)
+        shape = ctx.adapter.input_spec.shape(self.cfg["batch_size"])
+        # every rank draws every batch's start (so batch i is the same whatever the world size)
+        # and distils every W-th batch; the calibrated ranges are reduced over ranks
+        inits = [torch.randn(shape, generator=rng, device=ctx.adapter.device)
+                 for _ in range(self.cfg["calib_batches"])]
+        batches = [distill_batch(ctx.adapter, ctx.teacher, self.cfg["batch_size"], self.cfg["distill_iters"],
+                                 self.cfg["lr"], None, ctx.progress, init=x0)[0]
+                   for x0 in distributed.shard(inits)]
         qmodel = self.quantize(ctx)
         calibrate_activations(qmodel, batches, ctx.adapter.forward_raw)
         return MethodOutput(qmodel.eval(), calib_data="zeroq-distilled",
@@ -143,7 +148,9 @@ class ZAQ(Method):
 
     def __init__(self, **cfg: Any) -> None:
         super().__init__(**cfg)
-        self.zaq_config()  # impossible values fail when the plan is built, before any work
+        # impossible values, and a global batch the torchrun ranks cannot share, fail when the
+        # plan is built, before any work
+        distributed.local_batch(self.zaq_config().batch_size, f"methods.{self.name}.batch_size")
 
     def zaq_config(self) -> ZAQConfig:
         return ZAQConfig.from_dict({**self.cfg, **self.overrides})

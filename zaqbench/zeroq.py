@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .adapter import TaskAdapter
+from .distributed import batch_moments
 from .errors import UserError
 
 
@@ -25,17 +26,24 @@ def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @contextmanager
-def bn_statistics_terms(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+def bn_statistics_terms(model: nn.Module, global_batch: bool = False) -> Iterator[list[torch.Tensor]]:
     """Within the block, every forward of ``model`` appends, per BN layer, the term
     ||mu_batch - mu_run||_2 + ||sigma_batch - sigma_run||_2 of that layer's input.
-    The hooks are removed on exit, whatever happens."""
+    The hooks are removed on exit, whatever happens.
+
+    ``global_batch``: under torchrun, the batch statistics are those of all ranks' rows
+    together (the ZAQ loop, where each rank holds a share of one batch); without it each
+    rank's batch stands alone (ZeroQ, where each rank distils whole batches of its own)."""
     terms: list[torch.Tensor] = []
 
     def hook(module, inputs):
         feat = inputs[0]
         dims = [d for d in range(feat.dim()) if d != 1]
-        mean = feat.mean(dim=dims)
-        std = torch.sqrt(feat.var(dim=dims, unbiased=False) + module.eps)
+        if global_batch:
+            mean, var = batch_moments(feat, dims)
+        else:
+            mean, var = feat.mean(dim=dims), feat.var(dim=dims, unbiased=False)
+        std = torch.sqrt(var + module.eps)
         terms.append(torch.norm(mean - module.running_mean, 2)
                      + torch.norm(std - torch.sqrt(module.running_var + module.eps), 2))
 
@@ -63,14 +71,17 @@ def bn_statistics_loss(model: nn.Module, x: torch.Tensor,
 
 
 def distill_batch(adapter: TaskAdapter, teacher: nn.Module, batch_size: int, iters: int, lr: float,
-                  rng: torch.Generator, progress: bool = True) -> tuple[torch.Tensor, list[float]]:
+                  rng: torch.Generator | None, progress: bool = True,
+                  init: torch.Tensor | None = None) -> tuple[torch.Tensor, list[float]]:
     """One distilled batch of shape ``adapter.input_spec.shape(batch_size)`` and its loss curve.
 
-    Only the inputs are optimised: gradients go to ``x`` alone, the teacher's weights get none.
+    Starts from ``init`` if given, else from N(0, 1) drawn with ``rng``. Only the inputs are
+    optimised: gradients go to ``x`` alone, the teacher's weights get none.
     """
     teacher.eval()
-    x = torch.randn(adapter.input_spec.shape(batch_size), generator=rng, device=adapter.device)
-    x.requires_grad_(True)
+    if init is None:
+        init = torch.randn(adapter.input_spec.shape(batch_size), generator=rng, device=adapter.device)
+    x = init.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=max(1, iters // 10))
     curve = []
