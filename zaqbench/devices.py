@@ -28,10 +28,11 @@ def _local_rank() -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-def resolve_device(spec: str | None, cuda_count: int | None = None) -> torch.device:
+def resolve_device(spec: str | None, cuda_count: int | None = None, flag: str = "--device") -> torch.device:
     """``spec`` -> a usable ``torch.device``, or one ``UserError`` naming the devices that exist.
 
     ``cuda_count``: the number of CUDA devices (default: what torch sees; tests pass their own).
+    ``flag``: the option named in the error.
     """
     spec = (spec or "auto").strip().lower()
     count = torch.cuda.device_count() if cuda_count is None else cuda_count
@@ -42,28 +43,28 @@ def resolve_device(spec: str | None, cuda_count: int | None = None) -> torch.dev
     try:
         device = torch.device(spec)
     except (RuntimeError, ValueError):
-        raise UserError(f"--device '{spec}' is not a device; use auto, cpu, cuda or cuda:N "
+        raise UserError(f"{flag} '{spec}' is not a device; use auto, cpu, cuda or cuda:N "
                         f"(this machine has: {exists})") from None
     if device.type not in SUPPORTED_TYPES:
-        raise UserError(f"--device '{spec}' is not supported; use auto, cpu, cuda or cuda:N "
+        raise UserError(f"{flag} '{spec}' is not supported; use auto, cpu, cuda or cuda:N "
                         f"(this machine has: {exists})")
     if device.type == "cpu":
         if device.index not in (None, 0):
-            raise UserError(f"--device '{spec}': the CPU has no index; use cpu (this machine has: {exists})")
+            raise UserError(f"{flag} '{spec}': the CPU has no index; use cpu (this machine has: {exists})")
         return torch.device("cpu")
     if count == 0:
-        raise UserError(f"--device '{spec}' asks for CUDA, but no CUDA device is available "
+        raise UserError(f"{flag} '{spec}' asks for CUDA, but no CUDA device is available "
                         f"(this machine has: {exists}); use --device cpu or auto")
     if device.index is None:
         index = local_rank if local_rank is not None else 0
     elif local_rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError(f"--device '{spec}' names one GPU, but torchrun starts one process per GPU; "
+        raise UserError(f"{flag} '{spec}' names one GPU, but torchrun starts one process per GPU; "
                         "use --device cuda or auto (rank i uses cuda:LOCAL_RANK)")
     else:
         index = device.index
     if index >= count:
         what = f"LOCAL_RANK {index}" if device.index is None else f"cuda:{index}"
-        raise UserError(f"--device '{spec}': {what} does not exist; this machine has: {exists}")
+        raise UserError(f"{flag} '{spec}': {what} does not exist; this machine has: {exists}")
     return torch.device("cuda", index)
 
 
