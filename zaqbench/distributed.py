@@ -109,6 +109,14 @@ def local_slice(global_batch: int) -> slice:
     return slice(rank() * n, (rank() + 1) * n)
 
 
+def local_rows(x: torch.Tensor, what: str = "batch") -> torch.Tensor:
+    """This rank's rows of a whole batch ``x`` (N, ...); N must be a multiple of the world size."""
+    if not is_distributed():
+        return x
+    local_batch(x.shape[0], what)
+    return x[local_slice(x.shape[0])]
+
+
 def shard(items: Iterable[T]) -> Iterator[T]:
     """Every W-th item, starting at this rank's: whole batches go to one rank each, so a
     sample is computed in the same batch, hence bit for bit the same, as in one process."""

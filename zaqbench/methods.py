@@ -87,6 +87,11 @@ class NoisePTQ(Method):
     name = "ptq"
     options = {"batch_size": 64, "calib_batches": 4}
 
+    def __init__(self, **cfg: Any) -> None:
+        super().__init__(**cfg)
+        # under torchrun every rank calibrates on its rows of each batch: fail at plan time
+        distributed.local_batch(self.cfg["batch_size"], f"methods.{self.name}.batch_size")
+
     def batches(self, ctx: RunContext) -> Iterator[torch.Tensor]:
         rng = _seeded(ctx.seed, ctx.adapter.device)
         for _ in range(self.cfg["calib_batches"]):
@@ -95,8 +100,9 @@ class NoisePTQ(Method):
 
     def run(self, ctx: RunContext) -> MethodOutput:
         qmodel = self.quantize(ctx)
-        # under torchrun each rank calibrates on every W-th batch; the ranges are reduced after
-        calibrate_activations(qmodel, distributed.shard(self.batches(ctx)), ctx.adapter.forward_raw)
+        # under torchrun each rank observes its rows of every batch; the ranges are reduced per observation
+        calibrate_activations(qmodel, (distributed.local_rows(x) for x in self.batches(ctx)),
+                              ctx.adapter.forward_raw)
         return MethodOutput(qmodel.eval(), calib_data="gaussian-noise")
 
 
@@ -125,13 +131,12 @@ class ZeroQ(NoisePTQ):
     def run(self, ctx: RunContext) -> MethodOutput:
         rng = _seeded(ctx.seed, ctx.adapter.device)
         shape = ctx.adapter.input_spec.shape(self.cfg["batch_size"])
-        # every rank draws every batch's start (so batch i is the same whatever the world size)
-        # and distils every W-th batch; the calibrated ranges are reduced over ranks
-        inits = [torch.randn(shape, generator=rng, device=ctx.adapter.device)
-                 for _ in range(self.cfg["calib_batches"])]
-        batches = [distill_batch(ctx.adapter, ctx.teacher, self.cfg["batch_size"], self.cfg["distill_iters"],
-                                 self.cfg["lr"], None, ctx.progress, init=x0)[0]
-                   for x0 in distributed.shard(inits)]
+        # under torchrun every rank distils its rows of each batch, with the whole batch's BN statistics
+        batches = []
+        for _ in range(self.cfg["calib_batches"]):
+            init = distributed.local_rows(torch.randn(shape, generator=rng, device=ctx.adapter.device))
+            batches.append(distill_batch(ctx.adapter, ctx.teacher, self.cfg["batch_size"], self.cfg["distill_iters"],
+                                         self.cfg["lr"], None, ctx.progress, init=init)[0])
         qmodel = self.quantize(ctx)
         calibrate_activations(qmodel, batches, ctx.adapter.forward_raw)
         return MethodOutput(qmodel.eval(), calib_data="zeroq-distilled",

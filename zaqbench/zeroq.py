@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .adapter import TaskAdapter
+from . import distributed
 from .distributed import batch_moments
 from .errors import UserError
 
@@ -62,11 +63,18 @@ def bn_statistics_terms(model: nn.Module, global_batch: bool = False) -> Iterato
 def bn_statistics_loss(model: nn.Module, x: torch.Tensor,
                        forward: Callable[[nn.Module, torch.Tensor], object]) -> torch.Tensor:
     """Sum over BN layers of ||mu_batch - mu_run||_2 + ||sigma_batch - sigma_run||_2,
-    plus the same for the input against N(0, 1) (the normalised data's statistics)."""
-    with bn_statistics_terms(model) as terms:
+    plus the same for the input against N(0, 1) (the normalised data's statistics).
+    Under torchrun ``x`` is this rank's rows of one batch, and the statistics are the batch's."""
+    dist = distributed.is_distributed()
+    with bn_statistics_terms(model, global_batch=dist) as terms:
         forward(model, x)
     dims = [0, 2, 3]
-    input_term = torch.norm(x.mean(dim=dims), 2) + torch.norm(x.std(dim=dims) - 1, 2)
+    if dist:
+        mean, var = batch_moments(x, dims)
+        n = x.numel() // x.shape[1] * distributed.world_size()
+        input_term = torch.norm(mean, 2) + torch.norm(torch.sqrt(var * n / (n - 1)) - 1, 2)
+    else:
+        input_term = torch.norm(x.mean(dim=dims), 2) + torch.norm(x.std(dim=dims) - 1, 2)
     return torch.stack(terms).sum() + input_term
 
 
@@ -88,7 +96,9 @@ def distill_batch(adapter: TaskAdapter, teacher: nn.Module, batch_size: int, ite
     for _ in tqdm(range(iters), desc="zeroq distill", disable=not progress, leave=False):
         loss = bn_statistics_loss(teacher, x, adapter.forward_raw)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward(inputs=[x])
+        # under torchrun every rank holds the same loss, and the reductions' backward sums the
+        # ranks' identical gradients: divide by W to get the gradient of the one loss
+        (loss / distributed.world_size()).backward(inputs=[x])
         optimizer.step()
         scheduler.step(loss.item())
         curve.append(loss.item())

@@ -15,7 +15,6 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .. import distributed
 from ..errors import UserError
 from .bn_fold import fold_bn
 from .fake_quant import FakeQuantizer
@@ -133,10 +132,10 @@ def calibrate_activations(model: nn.Module, batches, forward=None) -> int:
     ``forward(model, x)`` runs the model (default ``model(x)``); the model runs in
     eval mode so BN statistics are not disturbed. Returns the number of batches.
 
-    Under torchrun each rank passes its own share of the batches (or of each batch) and the
-    ranges are then reduced over ranks, min of mins and max of maxes, so every rank ends with
-    the ranges one process would compute from all the batches (exactly, for ``minmax``; for
-    ``ema`` the reduction keeps the widest of the ranks' averages).
+    Under torchrun every rank passes its rows of the same batches
+    (:func:`zaqbench.distributed.local_rows`): each observation is reduced over ranks (min of
+    mins, max of maxes) before it quantizes, so every rank ends with the ranges one process
+    computes from the whole batches. It is a collective: all ranks must call it alike.
     """
     forward = forward or (lambda m, x: m(x))
     was_training = model.training
@@ -151,8 +150,6 @@ def calibrate_activations(model: nn.Module, batches, forward=None) -> int:
     finally:
         set_act_observing(model, False)
         model.train(was_training)
-    for _, m in quant_layers(model):
-        distributed.reduce_min_max(m.act_quant.min_val, m.act_quant.max_val)
     return n
 
 
