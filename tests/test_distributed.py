@@ -39,16 +39,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def join(rank: int, port: int) -> None:
-    """What torchrun's environment gives a worker."""
+def join(rank: int, port: int, world: int = WORLD) -> None:
+    """What torchrun's environment gives a worker (world 1: a plain single process)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    assert distributed.init_from_env(torch.device("cpu"))
+    assert distributed.init_from_env(torch.device("cpu")) == (world > 1)
 
 
-def spawn(fn, *args) -> None:
-    mp.spawn(fn, args=(free_port(), *args), nprocs=WORLD, join=True)
+def spawn(fn, *args, world: int = WORLD) -> None:
+    mp.spawn(fn, args=(free_port(), *args), nprocs=world, join=True)
 
 
 def toy_adapter(tmp: Path) -> ToyAdapter:
@@ -101,8 +101,8 @@ def calibrated_ranges(adapter, teacher, tmp: Path) -> dict:
     return out
 
 
-def _worker_checks(rank: int, port: int, tmp: str) -> None:
-    join(rank, port)
+def _worker_checks(rank: int, port: int, tmp: str, world: int) -> None:
+    join(rank, port, world)
     tmp = Path(tmp)
     adapter = toy_adapter(tmp)
     teacher = toy_teacher(adapter, tmp)
@@ -113,17 +113,21 @@ def _worker_checks(rank: int, port: int, tmp: str) -> None:
     except UserError as err:
         result["indivisible"] = str(err)
     if rank == 0:
-        torch.save(result, tmp / "dist.pth")
+        torch.save(result, tmp / f"world{world}.pth")
     distributed.shutdown()
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
+def runs(tmp_path_factory):
+    """The same checks in 2 processes and, as the reference, in 1 (a fresh process as well, so
+    both sides run in the same conditions: one thread, nothing left over from other tests)."""
     tmp = tmp_path_factory.mktemp("ddp")
     make_fashion_mnist(tmp / "fmnist")
     toy_teacher(toy_adapter(tmp), tmp)
-    spawn(_worker_checks, str(tmp))
-    return tmp, torch.load(tmp / "dist.pth", weights_only=True)
+    for world in (WORLD, 1):
+        spawn(_worker_checks, str(tmp), world, world=world)
+    return tmp, torch.load(tmp / f"world{WORLD}.pth", weights_only=True), torch.load(tmp / "world1.pth",
+                                                                                     weights_only=True)
 
 
 def assert_close_dicts(a: dict, b: dict, **tol) -> None:
@@ -132,11 +136,10 @@ def assert_close_dicts(a: dict, b: dict, **tol) -> None:
         torch.testing.assert_close(a[k], b[k], msg=lambda m, k=k: f"{k}: {m}", **tol)
 
 
-def test_first_zaq_step_2x16_equals_1x32(two_process_run):
-    tmp, dist_result = two_process_run
+def test_first_zaq_step_2x16_equals_1x32(runs):
+    tmp, dist_result, single_result = runs
     adapter = toy_adapter(tmp)
-    single = first_step(adapter, toy_teacher(adapter, tmp), tmp / "single")
-    two = dist_result["step"]
+    single, two = single_result["step"], dist_result["step"]
     assert_close_dicts(two["ranges"], single["ranges"], rtol=1e-5, atol=1e-6)
     assert_close_dicts(two["q"], single["q"], rtol=1e-4, atol=1e-5)
     # G's gradient, averaged over the ranks, is the global batch's. (Its Adam update is not
@@ -155,25 +158,24 @@ def test_first_zaq_step_2x16_equals_1x32(two_process_run):
     assert not torch.allclose(start.qmodel.state_dict()["0.weight"], single["q"]["0.weight"])
 
 
-def test_sharded_evaluation_equals_single_process(two_process_run):
-    tmp, dist_result = two_process_run
-    single = cls_evaluation(tmp)
-    assert dist_result["top1"] == single  # exactly: whole batches per rank, integer counts summed
+def test_sharded_evaluation_equals_single_process(runs):
+    tmp, dist_result, single_result = runs
+    assert dist_result["top1"] == single_result["top1"] == cls_evaluation(tmp)  # exactly: whole batches per rank, integer counts summed
 
 
-def test_calibration_ranges_reduced_over_ranks(two_process_run):
-    tmp, dist_result = two_process_run
-    adapter = toy_adapter(tmp)
-    single = calibrated_ranges(adapter, toy_teacher(adapter, tmp), tmp)
+def test_calibration_ranges_reduced_over_ranks(runs):
+    _, dist_result, single_result = runs
+    single = single_result["ranges"]
     # each rank observed half of every batch's rows; ZeroQ distilled each rank's half of every
     # batch with the whole batch's BN statistics
     for method in ("ptq", "zeroq"):
         assert_close_dicts(dist_result["ranges"][method], single[method], rtol=1e-5, atol=1e-6)
 
 
-def test_global_batch_must_split_over_ranks(two_process_run):
-    _, dist_result = two_process_run
+def test_global_batch_must_split_over_ranks(runs):
+    _, dist_result, single_result = runs
     assert "batch_size=3 cannot be split over 2 processes" in dist_result["indivisible"]
+    assert "indivisible" not in single_result
 
 
 class KilledAt3(ZAQTrainer):
