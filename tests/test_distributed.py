@@ -48,7 +48,15 @@ def join(rank: int, port: int, world: int = WORLD) -> None:
 
 
 def spawn(fn, *args, world: int = WORLD) -> None:
-    mp.spawn(fn, args=(free_port(), *args), nprocs=world, join=True)
+    """Start ``world`` workers; a free port can be taken by another process before rank 0 listens
+    on it (the machine is shared), so that one failure is retried on a new port."""
+    for attempt in range(3):
+        try:
+            mp.spawn(fn, args=(free_port(), *args), nprocs=world, join=True)
+            return
+        except mp.ProcessRaisedException as err:
+            if "EADDRINUSE" not in str(err) or attempt == 2:
+                raise
 
 
 def toy_adapter(tmp: Path) -> ToyAdapter:
@@ -59,11 +67,11 @@ def toy_adapter(tmp: Path) -> ToyAdapter:
 def toy_teacher(adapter: ToyAdapter, tmp: Path) -> torch.nn.Module:
     """Trained once here, loaded by the workers: every process starts from the same P."""
     path = tmp / "teacher.pth"
+    torch.manual_seed(0)  # the same teacher whatever ran before in this process
     model = adapter.build_model()
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
     else:
-        torch.manual_seed(0)
         adapter.train_teacher(model)
         torch.save(model.state_dict(), path)
     return model.eval()
@@ -141,7 +149,13 @@ def test_first_zaq_step_2x16_equals_1x32(runs):
     adapter = toy_adapter(tmp)
     single, two = single_result["step"], dist_result["step"]
     assert_close_dicts(two["ranges"], single["ranges"], rtol=1e-5, atol=1e-6)
-    assert_close_dicts(two["q"], single["q"], rtol=1e-4, atol=1e-5)
+    # Q's weights after the SGD step; its BN running statistics (Q's BN trains here) are averages of
+    # quantized activations, where an input within rounding of a quantization boundary may land on
+    # the other grid point in one of the two runs: looser there (seen: 9e-5 with another teacher)
+    stats = [k for k in single["q"] if "running" in k or "num_batches" in k]
+    assert_close_dicts({k: v for k, v in two["q"].items() if k not in stats},
+                       {k: v for k, v in single["q"].items() if k not in stats}, rtol=1e-4, atol=1e-5)
+    assert_close_dicts({k: two["q"][k] for k in stats}, {k: single["q"][k] for k in stats}, rtol=1e-3, atol=1e-3)
     # G's gradient, averaged over the ranks, is the global batch's. (Its Adam update is not
     # compared element by element: the first Adam step is about lr * sign(grad), and the biases
     # of convs followed by BN have a gradient that is 0 up to rounding, whose sign is noise.)
