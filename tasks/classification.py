@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from zaqbench import distributed
 from zaqbench.adapter import InputSpec, TaskAdapter
 from zaqbench.errors import UserError
 from zaqbench.features import resolve_modules, stage_features
@@ -242,6 +243,8 @@ class ClassificationAdapter(TaskAdapter):
             elif self.teacher_cfg.get("max_samples"):
                 images, labels = images[:self.teacher_cfg["max_samples"]], labels[:self.teacher_cfg["max_samples"]]
             x = _to_tensor(images, spec.channels, spec.height, spec.mean, spec.std)
+            if self.device.type == "cuda":  # pinned: batches copy to the GPU asynchronously
+                x = x.pin_memory()
             self._splits[name] = TensorSplit(x, torch.as_tensor(labels, dtype=torch.long))
         return self._splits[name]
 
@@ -390,19 +393,21 @@ class ClassificationAdapter(TaskAdapter):
                 seen.update(labels.tolist())
         finally:
             model.train(was_training)
-        self._eval_classes = len(seen)
+        self._eval_classes = len(seen)  # this rank's classes: only for the chance-level warning
+        correct, total = distributed.all_sum([correct, total])  # exact: integer counts over ranks
         return {"top1": 100.0 * correct / max(1, total)}
 
     def _eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._source == "imagefolder":
             files = self._image_files("test")
             keep = self._eval_indices(self._folder("test").labels)
+            keep = list(distributed.shard(keep if keep is not None else range(len(files))))  # torchrun: W-th images
             batches = imagefolder.loader(files, keep, batch_size, self._workers("eval"))
             yield from tqdm(imagefolder.stream(batches), total=len(batches), desc="evaluating", leave=False,
                             disable=not self.progress)
             return
         test = self.split("test")
-        for i in range(0, len(test), batch_size):
+        for i in distributed.shard(range(0, len(test), batch_size)):  # under torchrun: every W-th batch
             yield test.images[i:i + batch_size], test.labels[i:i + batch_size]
 
     def fp_warning(self, metrics: dict[str, float]) -> str | None:

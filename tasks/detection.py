@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from zaqbench.adapter import InputSpec, Nested, TaskAdapter
+from zaqbench.devices import loader_options
 from zaqbench.errors import UserError
 from zaqbench.features import resolve_modules
 from zaqbench.registry import TASKS
@@ -180,7 +181,10 @@ class DetectionAdapter(TaskAdapter):
 
         dataset = self._dataset("test", self.eval_cfg.get("max_samples"))
         with mmdet_scope(), quiet_unless(self.progress):
-            loader = Runner.build_dataloader(dict(plain(self.cfg.test_dataloader), dataset=dataset))
+            loader_cfg = plain(self.cfg.test_dataloader)
+            if self.device.type == "cuda":  # worker processes and pinned memory overlap loading with compute
+                loader_cfg.update(loader_options(self.device, loader_cfg.get("num_workers")))
+            loader = Runner.build_dataloader(dict(loader_cfg, dataset=dataset))
             evaluator = self._evaluator(dataset)
         was_training = model.training
         model.eval()

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from zaqbench.adapter import InputSpec, TaskAdapter
+from zaqbench.devices import loader_options
 from zaqbench.errors import UserError
 from zaqbench.features import resolve_modules
 from zaqbench.registry import TASKS
@@ -340,9 +341,9 @@ class SegmentationAdapter(TaskAdapter):
         if self._test_loader is None:
             from mmengine.runner import Runner
 
-            workers = int((self.task_cfg.get("eval") or {}).get("num_workers", 0))
-            cfg = dict(plain(self.cfg.test_dataloader), dataset=self._dataset("test"),
-                       num_workers=workers, persistent_workers=workers > 0)
+            # on a GPU, worker processes and pinned memory unless the config says otherwise
+            opts = loader_options(self.device, (self.task_cfg.get("eval") or {}).get("num_workers"))
+            cfg = dict(plain(self.cfg.test_dataloader), dataset=self._dataset("test"), **opts)
             with mmseg_scope():
                 self._test_loader = Runner.build_dataloader(cfg)
         return self._test_loader

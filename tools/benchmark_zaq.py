@@ -30,13 +30,14 @@ def measure(args: argparse.Namespace, quant_on: bool) -> dict:
     import tasks  # noqa: F401
     from zaqbench.engine import ZAQConfig, ZAQTrainer
     from zaqbench.quant import QConfig, quantize_model, set_quantization
+    from zaqbench.devices import resolve_device
     from zaqbench.registry import build_task
     from zaqbench.runner import REPO_ROOT, config_path, default_cache_dir, load_config, parse_cfg_options
 
     torch.manual_seed(0)
     cfg = load_config(config_path(args.task, args.model, None, REPO_ROOT / "configs"),
                       parse_cfg_options(args.cfg_options))
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     adapter = build_task(args.task, cfg=cfg, model_name=args.model or args.task, data_root=None,
                          cache_dir=default_cache_dir(), device=device)
     teacher = adapter.build_model().eval()
@@ -62,7 +63,7 @@ def measure(args: argparse.Namespace, quant_on: bool) -> dict:
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"quant": quant_on, "it_per_s": args.iters / seconds, "s_per_it": seconds / args.iters,
-            "peak_mib": round(peak, 1), "threads": torch.get_num_threads()}
+            "peak_mib": round(peak, 1), "threads": torch.get_num_threads(), "device": str(device)}
 
 
 def main() -> int:
@@ -75,7 +76,7 @@ def main() -> int:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2, help="alternate off/on this many times; the best is kept")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--cfg-options", nargs="+", default=[])
     p.add_argument("--_child", choices=["on", "off"], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -91,7 +92,7 @@ def main() -> int:
     best = {m: max(r, key=lambda d: d["it_per_s"]) for m, r in results.items()}
     ratio = best["off"]["it_per_s"] / best["on"]["it_per_s"]
     print(f"task={args.task} model={args.model} batch={args.batch_size} q_steps={args.q_steps} "
-          f"W{args.bits}A{args.bits} device={args.device} threads={best['on']['threads']}")
+          f"W{args.bits}A{args.bits} device={best['on']['device']} threads={best['on']['threads']}")
     print("| mode | it/s | s/it | peak memory (MiB) |")
     print("|---|---|---|---|")
     for mode, label in (("off", "quantization off"), ("on", "fake-quant on")):

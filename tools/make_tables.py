@@ -13,7 +13,6 @@ unparsable numbers) are reported as ``file:line: reason`` and skipped.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 

@@ -37,7 +37,7 @@ from torch import fx, nn
 from .errors import UserError
 from .engine import ZAQConfig
 from .methods import ZAQ, MethodOutput, NoisePTQ, RunContext
-from .quant import QConfig, calibrate_activations, quant_layers, quantize_model
+from .quant import QConfig, calibrate_activations, quantize_model
 from .registry import METHODS
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)  # positively homogeneous: f(x / s) = f(x) / s for s > 0
@@ -303,7 +303,7 @@ class DFQ(NoisePTQ):
             qmodel = self.quantize(ctx)
         except NotApplicable as err:
             return MethodOutput(ctx.teacher, calib_data="none", not_applicable=str(err))
-        calibrate_activations(qmodel, self.batches(ctx), ctx.adapter.forward_raw)
+        calibrate_activations(qmodel, self.calibration_batches(ctx), ctx.adapter.forward_raw)
         return MethodOutput(qmodel.eval(), calib_data="gaussian-noise+dfq")
 
 
@@ -316,7 +316,7 @@ class DFQThenZAQ(ZAQ):
 
     def check_options(self) -> None:
         _check_dfq_options(self.cfg, self.name)
-        self.zaq_config()
+        super().check_options()
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), **{key: self.cfg[key] for key in DFQ_OPTIONS}}

@@ -7,8 +7,14 @@ checkpoint is ever chosen by test accuracy.
 
 Nothing here is global: every random draw comes from a ``torch.Generator`` the
 trainer owns (plus the global RNG state, which is saved too for layers that
-use it), and the device is the adapter's, so the loop can later run under
-``torchrun`` unchanged.
+use it), and the device is the adapter's.
+
+Under ``torchrun`` (zaqbench/distributed.py) every rank draws the same global z
+with the shared generator and computes its own rows of it, so the run is the
+same whatever the number of ranks (up to float summation order) and a
+checkpoint resumes with any number of them. G's BatchNorm layers (and Q's, when
+they train) use the global batch's statistics; Q's and G's gradients are
+averaged by DistributedDataParallel; rank 0 alone writes files.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import distributed
 from .adapter import TaskAdapter
 from .checkpoint import atomic_save, load_file
 from .loss_log import append_loss_entry, truncate_loss_log
@@ -200,13 +207,14 @@ class ZAQTrainer:
         self.snapshot_iters = frozenset(int(i) for i in snapshot_iters)
         self.feature_names = list(adapter.feature_names)
         self.teacher = teacher.eval().requires_grad_(False)
-        self.qmodel = qmodel
+        self.rows = distributed.local_slice(cfg.batch_size)  # this rank's rows of each global batch
+        self.qmodel = distributed.global_batchnorm(qmodel) if cfg.q_bn_update else qmodel
         q_params = trainable_q_parameters(qmodel, cfg.q_params)
         self.trust_region = WeightTrustRegion(qmodel, cfg.q_trust_steps) if cfg.q_trust_steps else None
         self.seed = seed
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         torch.manual_seed(seed)
-        self.generator = self.build_generator().to(self.device)
+        self.generator = distributed.global_batchnorm(self.build_generator().to(self.device))
         if cfg.q_optimizer == "adam-grid":
             # q_lr is in grid steps per update; weight decay would pull towards 0, not towards P
             self.opt_q = torch.optim.Adam(q_params, lr=cfg.q_lr)
@@ -221,6 +229,12 @@ class ZAQTrainer:
         self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, milestones, cfg.lr_gamma)
         self.iteration = 0
         self.diagnostics: dict[str, Any] = {}
+        # DistributedDataParallel over Q and G (themselves in one process). Q's wrapper is
+        # called only in the Q steps: the G step runs the bare Q, whose gradients it does not
+        # need (backward(inputs=G's parameters)); going through DDP there would arm its
+        # reducer for gradients that never come and fail the next iteration.
+        self.q_ddp = distributed.wrap_ddp(self.qmodel, self.device)
+        self.g_ddp = distributed.wrap_ddp(self.generator, self.device)
 
     # -- pieces ---------------------------------------------------------------
     @property
@@ -234,31 +248,35 @@ class ZAQTrainer:
     def build_generator(self) -> nn.Module:
         return Generator(self.adapter.input_spec, self.cfg.nz, self.cfg.generator_channels, self.cfg.gen_output)
 
-    def draw(self, rng: torch.Generator) -> torch.Tensor:
-        """One generated batch, every random draw from ``rng``."""
+    def draw(self, rng: torch.Generator, generator: nn.Module | None = None) -> torch.Tensor:
+        """This rank's rows of one generated global batch, (batch_size / W, C, H, W); every random
+        draw from ``rng`` (the whole batch's z, so any number of ranks computes the same batch)."""
         z = torch.randn(self.cfg.batch_size, self.cfg.nz, generator=rng, device=self.device)
-        return self.generator(z)
+        return (generator or self.generator)(z[self.rows])
 
     def sample(self) -> torch.Tensor:
-        return self.draw(self.rng)
+        """A training batch: through G's DistributedDataParallel wrapper, so G's gradients are averaged."""
+        return self.draw(self.rng, self.g_ddp)
 
     @property
     def snapshot_dir(self) -> Path:
         return self.work_dir / "snapshots"
 
-    def _discrepancy(self, x: torch.Tensor, p_grad: bool, bn_prior: bool = False) -> dict[str, Any]:
-        """D_o, D_f (and its per-layer terms), L_a and, with ``bn_prior``, P's BN-statistics loss."""
+    def _discrepancy(self, x: torch.Tensor, p_grad: bool, bn_prior: bool = False,
+                     q_via: nn.Module | None = None) -> dict[str, Any]:
+        """D_o, D_f (and its per-layer terms), L_a and, with ``bn_prior``, P's BN-statistics loss.
+        ``q_via``: Q's DistributedDataParallel wrapper, to call instead of Q."""
         forward = self.adapter.forward_raw
         zero = torch.zeros((), device=self.device)
         with torch.set_grad_enabled(p_grad):
             if bn_prior:
-                with bn_statistics_terms(self.teacher) as terms:
+                with bn_statistics_terms(self.teacher, global_batch=True) as terms:
                     p_out, p_feats = forward_with_features(self.teacher, self.feature_names, forward, x)
                 bns = torch.stack(terms).mean()
             else:
                 p_out, p_feats = forward_with_features(self.teacher, self.feature_names, forward, x)
                 bns = zero
-        q_out, q_feats = forward_with_features(self.qmodel, self.feature_names, forward, x)
+        q_out, q_feats = forward_with_features(self.qmodel, self.feature_names, forward, x, via=q_via)
         d_o = output_discrepancy(q_out, p_out)
         if self.cfg.alpha:
             per_layer = layer_discrepancies(q_feats, p_feats, self.cfg.relation_pool_size)
@@ -305,7 +323,7 @@ class ZAQTrainer:
         for _ in range(cfg.q_steps):
             with torch.no_grad():
                 x = self.sample()
-            d = self._discrepancy(x, p_grad=False)
+            d = self._discrepancy(x, p_grad=False, q_via=self.q_ddp)
             loss_q = d["d_o"] + cfg.alpha * d["d_f"]
             self.update_q(loss_q)
         x = self.sample()
@@ -319,8 +337,11 @@ class ZAQTrainer:
         self.sched_g.step()
         self.iteration += 1
         self.diagnostics = self._diagnostics(x, d, clipped)
-        return {"loss_q": loss_q.item(), "loss_g": loss_g.item(), "d_o": d["d_o"].item(),
-                "d_f": d["d_f"].item(), "l_a": d["l_a"].item(), "bns": d["bns"].item()}
+        local = {"loss_q": loss_q, "loss_g": loss_g, "d_o": d["d_o"], "d_f": d["d_f"], "l_a": d["l_a"],
+                 "bns": d["bns"]}
+        # the losses of the global batch (means of the ranks' means): the same numbers on every
+        # rank, so the divergence check stops all of them together
+        return dict(zip(local, distributed.all_mean([v.item() for v in local.values()])))
 
     def _diagnostics(self, x: torch.Tensor, d: dict[str, Any], clipped: dict[str, float]) -> dict[str, Any]:
         """Observed on the generator step's batch; logged beside the losses, never used in training."""
@@ -342,7 +363,7 @@ class ZAQTrainer:
         self.generator.train()
         g_buffers = {k: v.clone() for k, v in self.generator.named_buffers()}
         with torch.no_grad():
-            samples = [self.draw(rng or self.rng) for _ in range(batches)]
+            samples = [self.draw(rng or self.rng) for _ in range(batches)]  # this rank's rows; ranges reduced after
             if rng is not None:  # G's BN running stats are never used, but keep its state untouched
                 for name, buf in self.generator.named_buffers():
                     buf.copy_(g_buffers[name])
@@ -395,15 +416,19 @@ class ZAQTrainer:
         self.iteration = int(state["iteration"])
 
     def save_checkpoint(self) -> None:
-        atomic_save(self.state_dict(), self.checkpoint_path)
+        if distributed.is_main():
+            atomic_save(self.state_dict(), self.checkpoint_path)
 
     def _log(self, losses: dict[str, float]) -> None:
-        append_loss_entry(self.loss_log_path, {"iter": self.iteration, **losses, **self.diagnostics})
+        if distributed.is_main():
+            append_loss_entry(self.loss_log_path, {"iter": self.iteration, **losses, **self.diagnostics})
 
     def save_snapshot(self) -> None:
         """The model this run would return if it ended now (weights + activation ranges)."""
         if self.iteration in self.snapshot_iters:
-            model = self.returned_model()
+            model = self.returned_model()  # every rank: recalibration reduces over ranks
+            if not distributed.is_main():
+                return
             atomic_save({"iteration": self.iteration, "qmodel": model.state_dict(),
                          "quantizer": quantizer_state(model)},
                         self.snapshot_dir / f"iter_{self.iteration:06d}.pth")
@@ -413,18 +438,20 @@ class ZAQTrainer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if resume and self.checkpoint_path.exists():
             self.load_state_dict(load_file(self.checkpoint_path, map_location=self.device))
-            truncate_loss_log(self.loss_log_path, self.iteration)  # drops a torn last line too
+            if distributed.is_main():
+                truncate_loss_log(self.loss_log_path, self.iteration)  # drops a torn last line too
         else:
-            self.loss_log_path.unlink(missing_ok=True)
-            for old in self.snapshot_dir.glob("iter_*.pth"):
-                old.unlink()
+            if distributed.is_main():
+                self.loss_log_path.unlink(missing_ok=True)
+                for old in self.snapshot_dir.glob("iter_*.pth"):
+                    old.unlink()
             self.calibrate(self.cfg.calib_batches)
             self.save_snapshot()
-        bar = tqdm(total=self.cfg.iters, initial=self.iteration, desc=self.name, disable=not self.progress,
-                   dynamic_ncols=True, leave=False)
+        bar = tqdm(total=self.cfg.iters, initial=self.iteration, desc=self.name,
+                   disable=not (self.progress and distributed.is_main()), dynamic_ncols=True, leave=False)
         try:
             with _StopOnCtrlC() as stop:
-                while self.iteration < self.cfg.iters and not stop.requested:
+                while self.iteration < self.cfg.iters and not self._stop_requested(stop):
                     losses = self.step()
                     self._check_finite(losses)
                     self._log(losses)
@@ -440,5 +467,14 @@ class ZAQTrainer:
             raise Interrupted(f"interrupted at iteration {self.iteration}; checkpoint saved to "
                               f"{self.checkpoint_path}; rerun with --resume to continue")
         self.save_checkpoint()
-        atomic_save(self.generator.state_dict(), self.work_dir / "generator.pth")
+        if distributed.is_main():
+            atomic_save(self.generator.state_dict(), self.work_dir / "generator.pth")
         return self.returned_model().eval()
+
+    @staticmethod
+    def _stop_requested(stop: "_StopOnCtrlC") -> bool:
+        """Ctrl-C on any rank stops every rank at the same iteration (no rank left waiting)."""
+        if not distributed.is_distributed():
+            return stop.requested
+        stop.requested = distributed.all_sum([float(stop.requested)])[0] > 0
+        return stop.requested

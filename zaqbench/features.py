@@ -48,11 +48,15 @@ def capture_features(model: nn.Module, names: list[str]) -> Iterator[dict[str, A
 
 
 def forward_with_features(
-    model: nn.Module, names: list[str], forward, x: torch.Tensor
+    model: nn.Module, names: list[str], forward, x: torch.Tensor, via: nn.Module | None = None
 ) -> tuple[Any, list[torch.Tensor]]:
-    """Run ``forward(model, x)``; return (raw outputs, flat list of feature tensors)."""
+    """Run ``forward(model, x)``; return (raw outputs, flat list of feature tensors).
+
+    ``via``: a wrapper of ``model`` to call instead (DistributedDataParallel, which averages
+    the gradients); the hooks stay on ``model``'s own modules, so the names are unchanged.
+    """
     with capture_features(model, names) as feats:
-        out = forward(model, x)
+        out = forward(via if via is not None else model, x)
     return out, [t for n in names for t in flatten_tensors(feats.get(n))]
 
 

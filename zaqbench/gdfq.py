@@ -127,12 +127,14 @@ class GDFQTrainer(ZAQTrainer):
         return ConditionalGenerator(self.adapter.input_spec, self.num_classes, self.cfg.nz,
                                     self.cfg.generator_channels, self.cfg.gen_output)
 
-    def draw(self, rng: torch.Generator) -> torch.Tensor:
+    def draw(self, rng: torch.Generator, generator: nn.Module | None = None) -> torch.Tensor:
+        """The whole batch on every process (GDFQ is not data-parallel)."""
+        generator = generator or self.generator
         z = torch.randn(self.cfg.batch_size, self.cfg.nz, generator=rng, device=self.device)
         if self.num_classes is None:
-            return self.generator(z)
+            return generator(z)
         self.labels = torch.randint(0, self.num_classes, (self.cfg.batch_size,), generator=rng, device=self.device)
-        return self.generator(z, self.labels)
+        return generator(z, self.labels)
 
     def generator_loss(self, x: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """CE of P on the conditioning labels and P's BN-statistics loss (mean over BN layers)."""

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from . import distributed
 from .adapter import TaskAdapter
 from .engine import ZAQConfig, ZAQTrainer
 from .errors import UserError
@@ -118,11 +119,18 @@ class NoisePTQ(Method):
     name = "ptq"
     options = {"batch_size": 64, "calib_batches": 4}
 
+    def check_options(self) -> None:
+        super().check_options()
+        # under torchrun every rank calibrates on its rows of each batch: fail at plan time
+        distributed.local_batch(self.cfg["batch_size"], f"methods.{self.name}.batch_size")
+
     def batches(self, ctx: RunContext) -> Iterator[torch.Tensor]:
+        """This rank's rows of each calibration batch (the whole batch in one process); under
+        torchrun the ranges are reduced over ranks per observation."""
         rng = _seeded(ctx.seed, ctx.adapter.device)
         for _ in range(self.cfg["calib_batches"]):
-            yield torch.randn(ctx.adapter.input_spec.shape(self.cfg["batch_size"]), generator=rng,
-                              device=ctx.adapter.device)
+            yield distributed.local_rows(torch.randn(ctx.adapter.input_spec.shape(self.cfg["batch_size"]),
+                                                     generator=rng, device=ctx.adapter.device))
 
     def calibration_batches(self, ctx: RunContext) -> list[torch.Tensor]:
         """``batches(ctx)``, made once per (method, settings, seed) in a run and then reused."""
@@ -150,7 +158,7 @@ class RealPTQ(NoisePTQ):
 
     def batches(self, ctx: RunContext) -> Iterator[torch.Tensor]:
         for x in ctx.adapter.real_batches(self.cfg["batch_size"], self.cfg["calib_batches"], ctx.seed):
-            yield x.to(ctx.adapter.device)
+            yield distributed.local_rows(x.to(ctx.adapter.device))
 
     def run(self, ctx: RunContext) -> MethodOutput:
         out = super().run(ctx)
@@ -166,10 +174,12 @@ class ZeroQ(NoisePTQ):
 
     def batches(self, ctx: RunContext) -> Iterator[torch.Tensor]:
         rng = _seeded(ctx.seed, ctx.adapter.device)
+        shape = ctx.adapter.input_spec.shape(self.cfg["batch_size"])
+        # under torchrun every rank distils its rows of each batch, with the whole batch's BN statistics
         for _ in range(self.cfg["calib_batches"]):
-            x, _ = distill_batch(ctx.adapter, ctx.teacher, self.cfg["batch_size"], self.cfg["distill_iters"],
-                                 self.cfg["lr"], rng, ctx.progress)
-            yield x
+            init = distributed.local_rows(torch.randn(shape, generator=rng, device=ctx.adapter.device))
+            yield distill_batch(ctx.adapter, ctx.teacher, self.cfg["batch_size"], self.cfg["distill_iters"],
+                                self.cfg["lr"], None, ctx.progress, init=init)[0]
 
     def run(self, ctx: RunContext) -> MethodOutput:
         out = super().run(ctx)
@@ -187,7 +197,10 @@ class ZAQ(Method):
     overrides: dict[str, Any] = {}
 
     def check_options(self) -> None:
-        self.zaq_config()  # ZAQConfig checks every option's type and range
+        # impossible values, and a global batch the torchrun ranks cannot share, fail when the
+        # plan is built, before any work
+        cfg = self.zaq_config()  # ZAQConfig checks every option's type and range
+        distributed.local_batch(cfg.batch_size, f"methods.{self.name}.batch_size")
 
     def settings(self) -> dict[str, Any]:
         """As run: an ablation's override (alpha=0, beta=0) is what the row records."""

@@ -20,7 +20,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from . import distributed
 from .data_identity import describe as describe_dataset
+from .devices import describe, resolve_device
 from .errors import UserError
 from .methods import MethodOutput, RunContext
 from .quant import QConfig
@@ -50,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--abits", type=int, default=None, help="activation bits (2-8, 16/32 = full precision)")
     p.add_argument("--quant-preset", default=None, help="quantization preset: default or zaq-code")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto",
+                   help="auto (first CUDA device if any, else cpu), cpu, cuda or cuda:N; under torchrun "
+                        "auto/cuda mean cuda:LOCAL_RANK")
     p.add_argument("--checkpoint", default=None, help="full-precision weights to use instead of the cached teacher")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow arbitrary unpickling of --checkpoint (only for files you trust)")
@@ -201,7 +205,8 @@ def cli(work: Callable[[], int], unfinished: str = "result row") -> int:
     try:
         return work()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line, not one per rank
+            print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"error: interrupted; no {unfinished} was written for the unfinished run", file=sys.stderr)
@@ -209,7 +214,10 @@ def cli(work: Callable[[], int], unfinished: str = "result row") -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli(lambda: run(build_parser().parse_args(argv)))
+    try:
+        return cli(lambda: run(build_parser().parse_args(argv)))
+    finally:
+        distributed.shutdown()
 
 
 @dataclass
@@ -232,8 +240,10 @@ class Plan:
             job.method_name, job.wbits, job.abits, seed, job.config_hash)
 
     def device_label(self) -> str:
-        """The device and, on the CPU, torch's thread count: results move with both."""
-        return f"cpu threads={torch.get_num_threads()}" if self.device.type == "cpu" else str(self.device)
+        """The device and, on the CPU, torch's thread count: results move with both
+        (and, under torchrun, the number of ranks)."""
+        ranks = distributed.world_size()
+        return describe(self.device) + (f" ranks={ranks}" if ranks > 1 else "")
 
 
 def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, Any]] | None = None) -> Plan:
@@ -263,11 +273,8 @@ def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, A
         raise UserError(f"checkpoint '{args.checkpoint}' does not exist; check the path given to --checkpoint")
     out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{args.task}.csv"
     check_writable(out)
-    try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as err:
-        raise UserError(f"device '{args.device}' is not usable here: {str(err).splitlines()[0]}") from None
+    device = resolve_device(args.device)
+    distributed.init_from_env(device)  # under torchrun: join the process group (before any method is built)
     method_cfgs = {name: {**dict(cfg.get("methods", {}).get(name, {})), **(method_overrides or {}).get(name, {})}
                    for name in methods}
     for name in methods:  # unknown or impossible method options fail before any training
@@ -276,7 +283,7 @@ def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, A
     cache_dir = default_cache_dir()
     adapter = build_task(args.task, cfg=cfg, model_name=model_name, data_root=args.data_root,
                          cache_dir=cache_dir, device=device)
-    adapter.progress = not args.no_progress
+    adapter.progress = not args.no_progress and distributed.is_main()
     adapter.check()
     teacher_id = teacher_identity(adapter, args, cache_dir)
     work_root = Path(args.work_dir) if args.work_dir else REPO_ROOT / "work_dirs"
@@ -332,16 +339,29 @@ def prepare_teacher(plan: Plan, args: argparse.Namespace) -> tuple[Any, dict[str
     The teacher is shared by every seed through the cache, so it is built and trained from
     a fixed seed: which ``--seed`` happens to train it first must not change it."""
     torch.manual_seed(TEACHER_SEED)
-    print(f"[zaqbench] {plan.task}/{plan.model_name}: preparing the full-precision model", file=sys.stderr)
+    say(f"[zaqbench] {plan.task}/{plan.model_name}: preparing the full-precision model")
+    if distributed.is_distributed() and not args.checkpoint \
+            and not teacher_cache_path(plan.adapter, plan.cache_dir, plan.task).exists():
+        # teacher training is one process's job (det/seg train through mmengine's Runner, whose
+        # samplers and evaluators would see the process group); train it once, then rerun
+        raise UserError(f"no cached teacher for {plan.task}/{plan.model_name} yet; train it once in one process "
+                        f"(tools/run_task.py --task {plan.task} --model {plan.model_name} --method fp), "
+                        "then rerun under torchrun")
     teacher, teacher_source = get_teacher(plan.adapter, plan.task, plan.cache_dir, args.checkpoint,
                                           args.trust_checkpoint)
     fp_metrics = plan.adapter.evaluate(teacher)
-    print(f"[zaqbench] FP {plan.adapter.metric} = {fp_metrics[plan.adapter.metric]:.4f} "
-          f"(teacher: {teacher_source})", file=sys.stderr)
+    say(f"[zaqbench] FP {plan.adapter.metric} = {fp_metrics[plan.adapter.metric]:.4f} "
+        f"(teacher: {teacher_source}; device: {plan.device_label()})")
     warning = plan.adapter.fp_warning(fp_metrics)
-    if warning:
+    if warning and distributed.is_main():
         print(f"warning: {warning}", file=sys.stderr)
     return teacher, fp_metrics
+
+
+def say(message: str) -> None:
+    """A progress line on stderr, from rank 0 only under torchrun."""
+    if distributed.is_main():
+        print(message, file=sys.stderr)
 
 
 def result_row(plan: Plan, job: "Job", seed: int, metrics: dict[str, float], fp_value: float,
@@ -384,10 +404,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"[zaqbench] every requested run already has a row in {plan.out}", file=sys.stderr)
             return 0
 
-    with hold_run_folders(sorted({plan.run_dir(job, args.seed) for job in jobs})):
+    # rank 0 holds the run folders for all ranks of a torchrun launch
+    folders = sorted({plan.run_dir(job, args.seed) for job in jobs}) if distributed.is_main() else []
+    with hold_run_folders(folders):
         printed = run_jobs(plan, jobs, args)
-    print_table(printed)
-    print(f"[zaqbench] {len(printed)} row(s) appended to {plan.out}", file=sys.stderr)
+    if distributed.is_main():
+        print_table(printed)
+    say(f"[zaqbench] {len(printed)} row(s) appended to {plan.out}")
     return 0
 
 
@@ -401,8 +424,8 @@ def run_jobs(plan: Plan, jobs: list["Job"], args: argparse.Namespace) -> list[di
     for job in jobs:
         name, wbits, abits = job.method_name, job.wbits, job.abits
         ctx = RunContext(plan.adapter, teacher, job.qconfig, args.seed, plan.run_dir(job, args.seed),
-                         args.resume, not args.no_progress, calib_cache=calib_cache)
-        print(f"[zaqbench] {name} W{wbits}A{abits} ...", file=sys.stderr)
+                         args.resume, not args.no_progress and distributed.is_main(), calib_cache=calib_cache)
+        say(f"[zaqbench] {name} W{wbits}A{abits} ...")
         torch.manual_seed(args.seed)
         start = time.perf_counter()
         result: MethodOutput = job.method.run(ctx)
@@ -414,11 +437,11 @@ def run_jobs(plan: Plan, jobs: list["Job"], args: argparse.Namespace) -> list[di
         seconds = time.perf_counter() - start
         row = {**result_row(plan, job, args.seed, metrics, fp_value, calib, result.quantized, commit),
                "iters": result.iters, "seconds": round(seconds, 1)}
-        append_or_keep(plan.out, row, ctx.work_dir)
+        if distributed.is_main():  # one row per run, whatever the number of ranks
+            append_or_keep(plan.out, row, ctx.work_dir)
         printed.append(row)
         score = f"n/a ({result.not_applicable})" if result.not_applicable else f"{row['value']:.4f}"
-        print(f"[zaqbench] {name} W{wbits}A{abits}: {plan.adapter.metric} = {score} ({seconds:.0f}s)",
-              file=sys.stderr)
+        say(f"[zaqbench] {name} W{wbits}A{abits}: {plan.adapter.metric} = {score} ({seconds:.0f}s)")
     return printed
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import distributed
+
 FULL_PRECISION_BITS = (16, 32)
 RANGE_RULES = ("current", "minmax", "ema")
 
@@ -109,6 +111,11 @@ class FakeQuantizer(nn.Module):
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
         lo, hi = torch.aminmax(x.detach())
+        if self.observing:
+            # calibration under torchrun: each rank holds some rows of the batch; the range is the
+            # whole batch's before it quantizes this layer's input, so the next layers see what
+            # one process would (a collective: every rank calibrates on the same batches' rows)
+            distributed.reduce_min_max(lo, hi)
         if not self.has_range:
             self.min_val.copy_(lo)
             self.max_val.copy_(hi)

@@ -131,6 +131,11 @@ def calibrate_activations(model: nn.Module, batches, forward=None) -> int:
 
     ``forward(model, x)`` runs the model (default ``model(x)``); the model runs in
     eval mode so BN statistics are not disturbed. Returns the number of batches.
+
+    Under torchrun every rank passes its rows of the same batches
+    (:func:`zaqbench.distributed.local_rows`): each observation is reduced over ranks (min of
+    mins, max of maxes) before it quantizes, so every rank ends with the ranges one process
+    computes from the whole batches. It is a collective: all ranks must call it alike.
     """
     forward = forward or (lambda m, x: m(x))
     was_training = model.training
