@@ -334,3 +334,20 @@ def test_tasks_that_write_their_data_into_the_cache_refuse_an_unwritable_one_up_
                                       "--work-dir", str(tmp_path / "w")])
     with pytest.raises(UserError, match="ZAQBENCH_CACHE"):
         build_plan(args)
+
+
+@pytest.mark.parametrize("extra, needle", [(["--seed", "2**70"], "--seed"), (["--bits"], "--bits"),
+                                           (["--no-such-option"], "unrecognized")])
+def test_argparse_errors_are_one_line_too(toy, capsys, extra, needle):
+    with pytest.raises(SystemExit) as exit_info:
+        run_toy(toy, *extra)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error:") and needle in err, err
+    assert_nothing_written(toy)
+
+
+def test_a_meta_device_is_refused(toy, capsys):
+    assert run_toy(toy, "--device", "meta") == 2
+    assert_one_error_line(capsys, "meta")
+    assert_nothing_written(toy)

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import torch
 
@@ -41,8 +41,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ZAQBENCH_CACHE", Path.home() / ".cache" / "zaqbench"))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad option is the suite's one ``error:`` line (exit 2), not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Run zaqbench methods on one task/model and append result rows.")
+    p = OneLineParser(description="Run zaqbench methods on one task/model and append result rows.")
     p.add_argument("--task", required=True, help="task adapter name (e.g. cls, det, seg)")
     p.add_argument("--model", default=None, help="config name under configs/<task>/ (default: the task's default)")
     p.add_argument("--config", default=None, help="explicit config file (overrides --model lookup)")
