@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.config import Config
-from PIL import Image, ImageOps
 
 import tasks  # noqa: F401  (registers the cls task, as tools/run_task.py does)
 from tests.conftest import ROOT
+from tools.photo_imagefolder import photo_folder
 from zaqbench.methods import RunContext
 from zaqbench.quant import QConfig
 from zaqbench.registry import build_method, build_task
@@ -35,40 +35,6 @@ needs_weights = pytest.mark.skipif(
                                  "ImageNet weights); `make test` installs it")
 needs_photos = pytest.mark.skipif(
     PHOTOS_SPEC is None, reason="needs the package scikit-image (its sample photos); `make test` installs it")
-
-# Photo -> the WordNet id of what it shows. Checked by looking at the photos and by running the FP
-# model (torchvision transform, these weights) on each of the six views below: every view's top-1 is
-# this class, with probability 0.60-0.77 for chelsea (a tabby; the other two of its top-3 are also
-# cats: tiger cat, tabby), 0.98-1.00 for coffee (a cup of espresso), 0.82-0.99 for camera (the
-# cameraman stands behind a tripod). Other skimage photos were left out: the astronaut, the
-# rocket and the motorcycles are not ImageNet classes or the model hesitates between two.
-PHOTO_CLASSES = {
-    "chelsea.png": "n02124075",  # Egyptian cat
-    "coffee.png": "n07920052",  # espresso
-    "camera.png": "n04485082",  # tripod
-}
-
-
-def views(image: Image.Image) -> dict[str, Image.Image]:
-    """The photo, its mirror image and its four 80 % corner crops: six real views per photo."""
-    w, h = image.size
-    cw, ch = int(w * 0.8), int(h * 0.8)
-    return {"full": image, "mirror": ImageOps.mirror(image),
-            **{name: image.crop(box) for name, box in (("tl", (0, 0, cw, ch)), ("tr", (w - cw, 0, w, ch)),
-                                                       ("bl", (0, h - ch, cw, h)),
-                                                       ("br", (w - cw, h - ch, w, h)))}}
-
-
-def photo_folder(root: Path) -> Path:
-    """``root/val/<wnid>/<photo>-<view>.png``."""
-    photos = Path(PHOTOS_SPEC.submodule_search_locations[0]) / "data"
-    for name, wnid in PHOTO_CLASSES.items():
-        folder = root / "val" / wnid
-        folder.mkdir(parents=True)
-        for view, image in views(Image.open(photos / name).convert("RGB")).items():
-            image.save(folder / f"{Path(name).stem}-{view}.png")
-    return root
-
 
 @needs_weights
 @needs_photos
