@@ -352,8 +352,9 @@ class ZAQTrainer:
             f"{self.name.upper()} diverged at iteration {self.iteration + 1} ({where}): Q's features have all-zero "
             f"vectors ({layers}); relation_guard='exact' divides them by their norm clamped at 1e-12 as the "
             f"official code does, so their gradient is scaled by 1e12 (largest |gradient| {largest:.3g}) and "
-            f"this step wrecks the model, as it would in the official code; {kept}; set "
-            f"methods.{self.name}.relation_guard='safe' to give all-zero vectors no gradient (same loss values)")
+            f"this step wrecks the model, as it would in the official code; {kept}; set the method's "
+            f"relation_guard='safe' (--cfg-options methods.<method>.relation_guard=safe) to give all-zero "
+            f"vectors no gradient (same loss values)")
 
     def update_q(self, loss_q: torch.Tensor) -> None:
         """One optimiser step of Q on ``loss_q``, with the grid scaling and trust region if on."""
