@@ -377,6 +377,13 @@ class ClassificationAdapter(TaskAdapter):
     def teacher_key(self) -> dict[str, Any]:
         return {**super().teacher_key(), "data": self.data_cfg, "source": self._source}
 
+    def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Strict; a CIFAR ResNet checkpoint of the official ZAQ code names the classifier
+        ``linear`` where this suite's CifarResNet says ``fc`` (every other key is the same)."""
+        if isinstance(model, CifarResNet) and "linear.weight" in state and "fc.weight" not in state:
+            state = {("fc." + k[len("linear."):] if k.startswith("linear.") else k): v for k, v in state.items()}
+        super().load_state_dict(model, state)
+
     # -- score --------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:

@@ -26,11 +26,14 @@ def test_smoke_runs_benchmark_teacher_and_the_paper_loop(tmp_path, fmnist_root):
     planned = int(re.search(r"paper loop for (\d+) iterations", done.stdout).group(1))
     with open(tmp_path / "out" / "cls.csv") as f:
         rows = {r["method"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"fp", "ptq", "zaq"}
-    assert int(rows["zaq"]["iters"]) == planned >= 2
-    assert rows["zaq"]["quant_preset"] == "zaq-code" and rows["zaq"]["wbits"] == "4"
+    assert set(rows) == {"fp", "ptq", "zaq-official"}
+    zaq = rows["zaq-official"]
+    assert int(zaq["iters"]) == planned >= 2
+    assert zaq["quant_preset"] == "zaq-code" and zaq["wbits"] == "4"
+    assert "cfg.act_ranges=every-forward" in zaq["extra_metrics"] and "cfg.relation_guard=safe" in zaq["extra_metrics"]
+    assert "cfg.quant.a_placement=after-relu" in zaq["extra_metrics"]
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert rows["zaq"]["device"].startswith(expected)
+    assert zaq["device"].startswith(expected)
     assert list((tmp_path / "cache" / "teachers").glob("cls-resnet20-*.pth"))  # trained here, not shared
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from .generator import valid_input_range
 from .adapter import InputSpec
-from .quant import quant_layers
+from .quant import act_quantizers, quant_layers
 from .quant.fake_quant import affine_qparams, quant_range
 
 
@@ -40,8 +40,8 @@ def clip_fractions(qmodel: nn.Module) -> Iterator[dict[str, float]]:
         return hook
 
     try:
-        for name, layer in quant_layers(qmodel):
-            handles.append(layer.act_quant.register_forward_pre_hook(make_hook(name)))
+        for name, quantizer in act_quantizers(qmodel):
+            handles.append(quantizer.register_forward_pre_hook(make_hook(name)))
         yield fractions
     finally:
         for h in handles:

@@ -6,6 +6,12 @@
   attention), both computed without learnable parameters as in the paper's
   official code (0.1 * attention(x) + x on channel-L2-normalised features).
 * L_a: activation regulariser, mean |last feature map of P|.
+
+The channel-L2 normalisation divides each feature vector (one position's C values)
+by its norm clamped at 1e-12, as the official code does (``F.normalize``). An all-zero
+vector -- common once Q's features are quantized ReLU outputs -- then has a gradient
+scaled by 1e12. ``guard='safe'`` gives such vectors a zero gradient instead; the loss
+value is the same (they normalise to zero either way).
 """
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ import torch.nn.functional as F
 from .features import flatten_tensors
 
 RELATION_GAMMA = 0.1  # weight of the attention term, the official code's constant
+NORM_EPS = 1e-12  # F.normalize's clamp of the norm, the official code's
+RELATION_GUARDS = ("clamp", "exact", "safe")  # 'exact': as 'clamp', and the engine stops on zero vectors
 
 
 def output_discrepancy(q_out: Any, p_out: Any) -> torch.Tensor:
@@ -31,15 +39,31 @@ def output_discrepancy(q_out: Any, p_out: Any) -> torch.Tensor:
     return torch.stack([F.l1_loss(q, p) for q, p in zip(q_list, p_list)]).mean()
 
 
-def _as_4d(feat: torch.Tensor, pool_size: int) -> torch.Tensor:
-    """(N, C, H, W) with channel-wise L2 normalisation, pooled to at most pool_size^2."""
+def _pooled_4d(feat: torch.Tensor, pool_size: int) -> torch.Tensor:
+    """(N, C, H, W), pooled to at most pool_size^2 positions."""
     if feat.dim() == 2:
         feat = feat[:, :, None, None]
     elif feat.dim() != 4:
         feat = feat.reshape(feat.shape[0], feat.shape[1], -1, 1)
     if feat.shape[2] * feat.shape[3] > pool_size * pool_size:
         feat = F.adaptive_avg_pool2d(feat, (min(feat.shape[2], pool_size), min(feat.shape[3], pool_size)))
-    return F.normalize(feat.float(), dim=1)
+    return feat.float()
+
+
+def _as_4d(feat: torch.Tensor, pool_size: int, guard: str = "clamp") -> torch.Tensor:
+    """(N, C, H, W) with channel-wise L2 normalisation, pooled to at most pool_size^2."""
+    feat = _pooled_4d(feat, pool_size)
+    if guard != "safe":
+        return F.normalize(feat, dim=1)
+    norm = torch.linalg.vector_norm(feat, dim=1, keepdim=True)
+    # where the norm is 0 the value is 0 as with the clamp, but the gradient is 0, not 1e12
+    return torch.where(norm > 0, feat / norm.clamp_min(NORM_EPS), torch.zeros_like(feat))
+
+
+@torch.no_grad()
+def zero_feature_vectors(feats: list[torch.Tensor], pool_size: int = 32) -> list[int]:
+    """Per feature map, how many positions have a norm below the clamp (all-zero vectors)."""
+    return [int((torch.linalg.vector_norm(_pooled_4d(f, pool_size), dim=1) < NORM_EPS).sum()) for f in feats]
 
 
 def spatial_relation(feat: torch.Tensor) -> torch.Tensor:
@@ -59,14 +83,16 @@ def channel_relation(feat: torch.Tensor) -> torch.Tensor:
 
 
 def layer_discrepancies(
-    q_feats: list[torch.Tensor], p_feats: list[torch.Tensor], pool_size: int = 32
+    q_feats: list[torch.Tensor], p_feats: list[torch.Tensor], pool_size: int = 32, guard: str = "clamp"
 ) -> torch.Tensor:
     """Per-layer L1(spatial) + L1(channel) between Q's and P's relation maps, shape (L,)."""
     if len(q_feats) != len(p_feats) or not q_feats:
         raise ValueError(f"P and Q produced different feature lists ({len(p_feats)} vs {len(q_feats)})")
+    if guard not in RELATION_GUARDS:
+        raise ValueError(f"guard must be one of {RELATION_GUARDS}, got {guard!r}")
     per_layer = []
     for q, p in zip(q_feats, p_feats):
-        q4, p4 = _as_4d(q, pool_size), _as_4d(p, pool_size)
+        q4, p4 = _as_4d(q, pool_size, guard), _as_4d(p, pool_size, guard)
         per_layer.append(F.l1_loss(spatial_relation(q4), spatial_relation(p4))
                          + F.l1_loss(channel_relation(q4), channel_relation(p4)))
     return torch.stack(per_layer)

@@ -37,11 +37,13 @@ from .adapter import TaskAdapter
 from .checkpoint import atomic_save, load_file
 from .loss_log import append_loss_entry, truncate_loss_log
 from .diagnostics import bn_drift, clip_fractions, image_stats, weight_drift
-from .discrepancy import activation_regularizer, layer_discrepancies, layer_weights, output_discrepancy
+from .discrepancy import (RELATION_GUARDS, activation_regularizer, layer_discrepancies, layer_weights,
+                           output_discrepancy, zero_feature_vectors)
 from .errors import UserError
 from .features import forward_with_features
 from .generator import GENERATOR_OUTPUTS, Generator
-from .quant import calibrate_activations, load_quantizer_state, quant_layers, quantizer_state
+from .quant import (calibrate_activations, load_quantizer_state, quant_layers, quantizer_state,
+                    set_act_observing)
 from .trust_region import GridScaledUpdates, WeightTrustRegion
 from .zeroq import bn_statistics_terms
 
@@ -79,6 +81,12 @@ class ZAQConfig:
     q_params: str = "all"  # what Q trains: 'all' (official) | 'quantized-weights'
     q_optimizer: str = "sgd"  # 'sgd' (official) | 'adam-grid': Adam moving each weight ~q_lr grid steps
     q_trust_steps: float = 0.0  # > 0: keep Q's weights within this many quantization steps of P's
+    # The official code's loop (issue 11; the 'zaq-official' method sets these, README "The
+    # official code, reproduced"). Fields in LATER_FIELDS: see there.
+    act_ranges: str = "frozen"  # 'frozen' after calibration | 'every-forward': every Q forward widens them
+    relation_guard: str = "clamp"  # D_f's norm: 'clamp' at 1e-12 | 'exact' (and stop on zero vectors) | 'safe'
+
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("act_ranges", "relation_guard")
 
     def __post_init__(self) -> None:
         """Impossible values fail here, before any teacher training or method run."""
@@ -106,7 +114,7 @@ class ZAQConfig:
         if not 0 < self.lr_gamma <= 1:
             raise bad("lr_gamma", "use a factor in (0, 1]")
         choices = {"feature_weights": FEATURE_WEIGHTS, "gen_output": GENERATOR_OUTPUTS, "q_params": Q_PARAMS,
-                   "q_optimizer": Q_OPTIMIZERS}
+                   "q_optimizer": Q_OPTIMIZERS, "act_ranges": ACT_RANGES, "relation_guard": RELATION_GUARDS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise bad(name, f"valid values: {', '.join(valid)}")
@@ -129,8 +137,24 @@ class ZAQConfig:
                 cfg[key] = tuple(cfg[key])
         return cls(**cfg)
 
+    @classmethod
+    def later_defaults(cls) -> dict[str, Any]:
+        return {f.name: f.default for f in fields(cls) if f.name in cls.LATER_FIELDS}
+
+    @classmethod
+    def without_later_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` less the ``LATER_FIELDS`` at their defaults: what is hashed (a method's
+        ``cfg``, a checkpoint's config), so configs that do not set them keep the hashes, rows and
+        checkpoints they had before these fields existed."""
+        defaults = cls.later_defaults()
+        return {k: v for k, v in options.items() if not (k in defaults and v == defaults[k])}
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.without_later_defaults(asdict(self))
+
 
 FEATURE_WEIGHTS = ("uniform", "adaptive")
+ACT_RANGES = ("frozen", "every-forward")
 Q_PARAMS = ("all", "quantized-weights")
 Q_OPTIMIZERS = ("sgd", "adam-grid")
 
@@ -278,13 +302,17 @@ class ZAQTrainer:
                 bns = zero
         q_out, q_feats = forward_with_features(self.qmodel, self.feature_names, forward, x, via=q_via)
         d_o = output_discrepancy(q_out, p_out)
+        zeros: dict[str, int] = {}
         if self.cfg.alpha:
-            per_layer = layer_discrepancies(q_feats, p_feats, self.cfg.relation_pool_size)
+            per_layer = layer_discrepancies(q_feats, p_feats, self.cfg.relation_pool_size, self.cfg.relation_guard)
             d_f = (layer_weights(per_layer, self.cfg.feature_weights) * per_layer).sum()
+            if self.cfg.relation_guard == "exact":
+                counts = zero_feature_vectors(q_feats, self.cfg.relation_pool_size)
+                zeros = {name: n for name, n in zip(self.feature_names, counts) if n}
         else:
             per_layer, d_f = None, zero
         return {"d_o": d_o, "d_f": d_f, "l_a": activation_regularizer(p_feats), "bns": bns,
-                "d_f_layers": per_layer}
+                "d_f_layers": per_layer, "zero_vectors": zeros}
 
     def _set_q_mode(self) -> None:
         """Q trains, but Dropout stays off (P has none active, so it would only add noise
@@ -303,6 +331,31 @@ class ZAQTrainer:
             raise DivergenceError(f"{self.name.upper()} diverged at iteration {self.iteration}: {', '.join(bad)} "
                                   f"is not finite; {kept}; lower q_lr/g_lr and rerun")
 
+    def _check_zero_vectors(self, zeros: dict[str, int], where: str, params: list[nn.Parameter]) -> None:
+        """``relation_guard='exact'``: after a step whose D_f divided all-zero feature vectors of Q by
+        the 1e-12 norm clamp (as the official code does), stop with what happened. The step was
+        taken, as in the official code; the run ends here, like the NaN guard. Under torchrun the
+        ranks agree (a rank's rows may have no zero vector), so all of them stop together."""
+        if self.cfg.relation_guard != "exact":
+            return
+        if distributed.is_distributed():
+            if distributed.all_sum([float(sum(zeros.values()))])[0] == 0:
+                return
+        elif not zeros:
+            return
+        grads = [p.grad.detach().abs().max() for p in params if p.grad is not None]
+        largest = float(torch.stack(grads).max()) if grads else float("nan")
+        kept = f"last good checkpoint kept at {self.checkpoint_path}" if self.checkpoint_path.exists() \
+            else "no checkpoint was written yet"
+        layers = ", ".join(f"{n} in {name}" for name, n in zeros.items())
+        raise DivergenceError(
+            f"{self.name.upper()} diverged at iteration {self.iteration + 1} ({where}): Q's features have all-zero "
+            f"vectors ({layers}); relation_guard='exact' divides them by their norm clamped at 1e-12 as the "
+            f"official code does, so their gradient is scaled by 1e12 (largest |gradient| {largest:.3g}) and "
+            f"this step wrecks the model, as it would in the official code; {kept}; set the method's "
+            f"relation_guard='safe' (--cfg-options methods.<method>.relation_guard=safe) to give all-zero "
+            f"vectors no gradient (same loss values)")
+
     def update_q(self, loss_q: torch.Tensor) -> None:
         """One optimiser step of Q on ``loss_q``, with the grid scaling and trust region if on."""
         self.opt_q.zero_grad(set_to_none=True)
@@ -320,19 +373,28 @@ class ZAQTrainer:
         cfg = self.cfg
         self.generator.train()
         self._set_q_mode()
-        for _ in range(cfg.q_steps):
-            with torch.no_grad():
-                x = self.sample()
-            d = self._discrepancy(x, p_grad=False, q_via=self.q_ddp)
-            loss_q = d["d_o"] + cfg.alpha * d["d_f"]
-            self.update_q(loss_q)
-        x = self.sample()
-        with clip_fractions(self.qmodel) as clipped:
-            d = self._discrepancy(x, p_grad=True, bn_prior=cfg.bns_weight > 0)
-        loss_g = -d["d_o"] - cfg.alpha * d["d_f"] - cfg.beta * d["l_a"] + cfg.bns_weight * d["bns"]
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward(inputs=list(self.generator.parameters()))  # Q's gradients are not needed here
-        self.opt_g.step()
+        # 'every-forward': every forward of Q in the loop widens its activation ranges (the official
+        # code's QuantAct, never frozen); evaluation and the returned model use them frozen
+        set_act_observing(self.qmodel, cfg.act_ranges == "every-forward")
+        try:
+            for k in range(cfg.q_steps):
+                with torch.no_grad():
+                    x = self.sample()
+                d = self._discrepancy(x, p_grad=False, q_via=self.q_ddp)
+                loss_q = d["d_o"] + cfg.alpha * d["d_f"]
+                self.update_q(loss_q)
+                self._check_zero_vectors(d["zero_vectors"], f"Q step {k + 1}",
+                                         [p for g in self.opt_q.param_groups for p in g["params"]])
+            x = self.sample()
+            with clip_fractions(self.qmodel) as clipped:
+                d = self._discrepancy(x, p_grad=True, bn_prior=cfg.bns_weight > 0)
+            loss_g = -d["d_o"] - cfg.alpha * d["d_f"] - cfg.beta * d["l_a"] + cfg.bns_weight * d["bns"]
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward(inputs=list(self.generator.parameters()))  # Q's gradients are not needed here
+            self.opt_g.step()
+            self._check_zero_vectors(d["zero_vectors"], "generator step", list(self.generator.parameters()))
+        finally:
+            set_act_observing(self.qmodel, False)
         self.sched_q.step()
         self.sched_g.step()
         self.iteration += 1
@@ -395,11 +457,11 @@ class ZAQTrainer:
             "opt_q": self.opt_q.state_dict(), "opt_g": self.opt_g.state_dict(),
             "sched_q": sched_state(self.sched_q), "sched_g": sched_state(self.sched_g),
             "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(),
-            "config": json.dumps(asdict(self.cfg)),
+            "config": json.dumps(self.cfg.to_dict()),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("config") != json.dumps(asdict(self.cfg)):
+        if state.get("config") != json.dumps(self.cfg.to_dict()):
             raise UserError(f"{self.checkpoint_path} was written with a different {self.name.upper()} config; "
                             "rerun without --resume or with the original settings")
         self.generator.load_state_dict(state["generator"])

@@ -196,6 +196,11 @@ class ZAQ(Method):
     protocol_options = tuple(f for f in options if f != "checkpoint_interval")  # resuming gives the same Q
     overrides: dict[str, Any] = {}
 
+    def __init__(self, **cfg: Any) -> None:
+        super().__init__(**cfg)
+        # options added later (ZAQConfig.LATER_FIELDS) enter the hashed cfg only when set otherwise
+        self.cfg = ZAQConfig.without_later_defaults(self.cfg)
+
     def check_options(self) -> None:
         # impossible values, and a global batch the torchrun ranks cannot share, fail when the
         # plan is built, before any work
@@ -205,7 +210,7 @@ class ZAQ(Method):
     def settings(self) -> dict[str, Any]:
         """As run: an ablation's override (alpha=0, beta=0) is what the row records."""
         cfg = self.zaq_config()
-        return {key: getattr(cfg, key) for key in self.protocol_options}
+        return ZAQConfig.without_later_defaults({key: getattr(cfg, key) for key in self.protocol_options})
 
     def zaq_config(self) -> ZAQConfig:
         return ZAQConfig.from_dict({**self.cfg, **self.overrides})
@@ -217,6 +222,19 @@ class ZAQ(Method):
                              ctx.progress, ctx.snapshot_iters)
         trained = trainer.run(resume=ctx.resume)
         return MethodOutput(trained, calib_data="zaq-generator", iters=cfg.iters)
+
+
+@METHODS.register_module(name="zaq-official")
+class ZAQOfficial(ZAQ):
+    """ZAQ's loop as the official code runs it (with the ``zaq-code`` quantization preset): Q's
+    activation ranges widen on every forward of the loop and are never recalibrated, and D_f's
+    normalisation is the official one, stopping with a divergence message when all-zero feature
+    vectors make its gradient blow up (``relation_guard='safe'`` avoids that). These are defaults:
+    a config may still set them. README "The official code, reproduced" lists what remains different."""
+
+    name = "zaq-official"
+    official = {"act_ranges": "every-forward", "relation_guard": "exact", "recalibrate_at_end": False}
+    options = {**ZAQ.options, **official}
 
 
 @METHODS.register_module(name="zaq-no-feat")

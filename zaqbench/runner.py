@@ -376,7 +376,8 @@ def result_row(plan: Plan, job: "Job", seed: int, metrics: dict[str, float], fp_
     """The columns every result row shares: identity, metric, protocol, provenance."""
     metric = plan.adapter.metric
     extra = (format_extra_metrics({k: v for k, v in metrics.items() if k != metric}),
-             format_settings(job.method.settings()))  # measured metrics, then the method's settings
+             format_settings({**job.method.settings(),  # measured metrics, then the settings
+                                     **{f"quant.{k}": v for k, v in job.qconfig.later_options().items()}}))
     protocol = job.qconfig.protocol(calib_data) if quantized else \
         {**job.qconfig.protocol("none"), "w_granularity": "fp", "first_last_fp": "all"}
     return {

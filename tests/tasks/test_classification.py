@@ -63,3 +63,15 @@ def test_torchvision_model_by_name(fmnist_root, tmp_path):
                      data_root=str(fmnist_root), cache_dir=tmp_path, device=torch.device("cpu"))
     with pytest.raises(UserError, match="unknown classification model"):
         bad.build_model()
+
+
+def test_official_zaq_checkpoint_classifier_key_is_mapped(cls_adapter):
+    """The official ZAQ code's ResNet-20 calls the classifier ``linear``; it loads into ``fc``."""
+    import torch
+
+    source = cls_adapter.build_model()
+    state = {(k.replace("fc.", "linear.", 1) if k.startswith("fc.") else k): v for k, v in source.state_dict().items()}
+    target = cls_adapter.build_model()
+    cls_adapter.load_state_dict(target, state)
+    assert torch.equal(target.fc.weight, source.fc.weight)
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in target.state_dict().items())

@@ -1,9 +1,14 @@
 """Uniform affine fake quantization with a straight-through estimator.
 
-The rounding and clamping are PyTorch's fused ``fake_quantize_per_tensor_affine``
+By default the rounding and clamping are PyTorch's fused ``fake_quantize_per_tensor_affine``
 / ``fake_quantize_per_channel_affine`` operators: their backward pass is the
 clipped straight-through estimator (gradient 1 inside the representable range,
 0 outside), which is exactly what quantization-aware fine-tuning needs.
+
+Three options reproduce the official ZAQ code's quantizer instead (the ``zaq-code``
+preset): ``rounding='after-zero-point'`` (its arithmetic, :func:`official_fake_quantize`),
+``ste='identity'`` (the gradient passes unchanged, also outside the range) and
+``include_zero=False`` (a weight channel's range is its own [min, max]).
 """
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ from .. import distributed
 
 FULL_PRECISION_BITS = (16, 32)
 RANGE_RULES = ("current", "minmax", "ema")
+ROUNDINGS = ("before-zero-point", "after-zero-point")  # torch's fused operators | the official code's
+STES = ("clipped", "identity")
+OFFICIAL_MIN_RANGE = 1e-8  # the official code clamps max - min at this before dividing
 
 
 def check_bits(bits: int, what: str = "bits") -> int:
@@ -31,15 +39,18 @@ def quant_range(bits: int, symmetric: bool) -> tuple[int, int]:
 
 
 def affine_qparams(
-    lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool
+    lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool, include_zero: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale (float32) and zero point (int32) mapping [lo, hi] onto the integer grid.
 
-    The range is widened to contain 0 so that zero (padding, ReLU output) is exact.
+    With ``include_zero`` the range is widened to contain 0 so that zero (padding, ReLU
+    output) is exact.
     """
     qmin, qmax = quant_range(bits, symmetric)
-    lo = torch.clamp(lo.float(), max=0.0)
-    hi = torch.clamp(hi.float(), min=0.0)
+    lo, hi = lo.float(), hi.float()
+    if include_zero:
+        lo = torch.clamp(lo, max=0.0)
+        hi = torch.clamp(hi, min=0.0)
     eps = torch.finfo(torch.float32).eps
     if symmetric:
         scale = torch.maximum(-lo, hi) / ((qmax - qmin) / 2)
@@ -49,6 +60,49 @@ def affine_qparams(
         scale = torch.clamp((hi - lo) / (qmax - qmin), min=eps)
         zero_point = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax).to(torch.int32)
     return scale, zero_point
+
+
+@torch.no_grad()
+def official_fake_quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int,
+                           ch_axis: int | None = None, with_mask: bool = False):
+    """The official ZAQ code's asymmetric quantizer, value only (no gradient).
+
+    With n = 2^b - 1 levels per unit range: s = n / max(hi - lo, 1e-8), z = round(s lo) + 2^(b-1),
+    q = clamp(round(s x - z), -2^(b-1), 2^(b-1) - 1), and the value is (q + z) / s. It rounds
+    *after* subtracting the (integer) zero point, so exact half-steps round to the even q, not to
+    the even s x; and s is levels per unit (a division), not torch's step size (a multiplication),
+    so values can differ from the fused operator by an ulp. ``lo``/``hi``: scalars, or one per
+    slice along ``ch_axis``. ``with_mask``: also return where round(s x - z) was on the grid
+    (before clamping), for a clipped estimator.
+    """
+    if ch_axis is not None:
+        shape = [1] * x.dim()
+        shape[ch_axis] = -1
+        lo, hi = lo.reshape(shape), hi.reshape(shape)
+    half = 2 ** (bits - 1)
+    s = (2**bits - 1) / torch.clamp(hi - lo, min=OFFICIAL_MIN_RANGE)
+    z = torch.round(s * lo) + half
+    unclamped = torch.round(s * x - z)
+    q = torch.clamp(unclamped, -half, half - 1)
+    if with_mask:
+        return (q + z) / s, unclamped == q
+    return (q + z) / s
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the quantized value ``xq``; backward: ``x``'s gradient unchanged, or times
+    ``mask`` (1 inside the representable range, 0 outside: the clipped estimator)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, xq: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(mask if mask is not None else torch.empty(0))
+        ctx.masked = mask is not None
+        return xq
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return (grad * mask if ctx.masked else grad), None, None
 
 
 class UncalibratedError(RuntimeError):
@@ -66,6 +120,11 @@ class FakeQuantizer(nn.Module):
             ``minmax`` keeps a running min/max that only widens (activations, as in the
             official ZAQ code); ``ema`` an exponential moving average of batch min/max.
         momentum: EMA weight of the newest batch.
+        include_zero: widen the range to contain 0 (default); False keeps a channel's own
+            [min, max] (the official code's weights).
+        rounding: ``before-zero-point`` (torch's fused operators) or ``after-zero-point``
+            (:func:`official_fake_quantize`; asymmetric only).
+        ste: ``clipped`` (no gradient outside the range) or ``identity`` (the official code's).
 
     The running range is a non-persistent buffer, so quantizing a model does not change
     its ``state_dict`` keys; :func:`zaqbench.quant.quantizer_state` saves it separately.
@@ -79,10 +138,20 @@ class FakeQuantizer(nn.Module):
         ch_axis: int = 0,
         range_rule: str = "minmax",
         momentum: float = 0.1,
+        include_zero: bool = True,
+        rounding: str = "before-zero-point",
+        ste: str = "clipped",
     ) -> None:
         super().__init__()
         if range_rule not in RANGE_RULES:
             raise ValueError(f"range_rule must be one of {RANGE_RULES}, got {range_rule!r}")
+        if rounding not in ROUNDINGS or ste not in STES:
+            raise ValueError(f"rounding must be one of {ROUNDINGS} and ste one of {STES}, got {rounding!r}, {ste!r}")
+        if rounding == "after-zero-point" and symmetric:
+            raise ValueError("rounding='after-zero-point' is the official asymmetric quantizer; use symmetric=False")
+        if not include_zero and rounding != "after-zero-point":
+            raise ValueError("include_zero=False needs rounding='after-zero-point': torch's fused operators "
+                             "need the zero point on the integer grid, i.e. 0 in the range")
         if per_channel and range_rule != "current":
             raise ValueError("per-channel ranges are only supported with range_rule='current'")
         self.bits = check_bits(bits)
@@ -91,6 +160,9 @@ class FakeQuantizer(nn.Module):
         self.ch_axis = ch_axis
         self.range_rule = range_rule
         self.momentum = momentum
+        self.include_zero = include_zero
+        self.rounding = rounding
+        self.ste = ste
         self.enabled = True
         self.observing = False
         self.register_buffer("min_val", torch.tensor(float("inf")), persistent=False)
@@ -146,7 +218,9 @@ class FakeQuantizer(nn.Module):
                 raise UncalibratedError("an activation quantizer has no calibrated range; calibrate the "
                                         "model (calibrate_activations) on at least one batch first")
             lo, hi = self.min_val, self.max_val
-        scale, zero_point = affine_qparams(lo, hi, self.bits, self.symmetric)
+        if self.rounding == "after-zero-point" or self.ste == "identity":
+            return self._quantize_unfused(x, lo, hi)
+        scale, zero_point = affine_qparams(lo, hi, self.bits, self.symmetric, self.include_zero)
         qmin, qmax = quant_range(self.bits, self.symmetric)
         if self.per_channel:
             return torch.fake_quantize_per_channel_affine(
@@ -154,7 +228,27 @@ class FakeQuantizer(nn.Module):
             )
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
 
+    def _quantize_unfused(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """The value of either rounding, with either straight-through estimator (the fused
+        path covers torch's rounding with the clipped estimator)."""
+        ch_axis = self.ch_axis if self.per_channel else None
+        with torch.no_grad():
+            mask = None
+            if self.rounding == "after-zero-point":
+                if self.include_zero:
+                    lo, hi = torch.clamp(lo.float(), max=0.0), torch.clamp(hi.float(), min=0.0)
+                xq, inside = official_fake_quantize(x, lo, hi, self.bits, ch_axis, with_mask=True)
+                mask = inside.to(x.dtype) if self.ste == "clipped" else None
+            else:
+                scale, zero_point = affine_qparams(lo, hi, self.bits, self.symmetric, self.include_zero)
+                qmin, qmax = quant_range(self.bits, self.symmetric)
+                xq = torch.fake_quantize_per_channel_affine(x, scale, zero_point, ch_axis, qmin, qmax) \
+                    if self.per_channel else torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+        return _StraightThrough.apply(x, xq, mask)
+
     def extra_repr(self) -> str:
         kind = "per-channel" if self.per_channel else "per-tensor"
         sym = "symmetric" if self.symmetric else "asymmetric"
-        return f"bits={self.bits}, {kind}, {sym}, range={self.range_rule}"
+        extra = "".join(f", {k}={v}" for k, v, d in (("include_zero", self.include_zero, True),
+                        ("rounding", self.rounding, "before-zero-point"), ("ste", self.ste, "clipped")) if v != d)
+        return f"bits={self.bits}, {kind}, {sym}, range={self.range_rule}{extra}"

@@ -4,7 +4,13 @@ They are subclasses of ``nn.Conv2d`` / ``nn.Linear`` built by adopting the
 original module's attributes, so parameter names, ``state_dict`` keys and any
 attribute code reads from the layer (``in_channels``, ``kernel_size``...) are
 unchanged. The input activation is fake-quantized *before* the layer, which is
-where an integer kernel would need it.
+where an integer kernel would need it (``a_placement='layer-input'``, the default).
+
+With ``a_placement='after-relu'`` (the official ZAQ code's placement) the layers take
+their input as it comes (``act_quant`` is None) and each ReLU module is replaced by a
+:class:`QuantReLU` that quantizes its output: a ReLU module called twice (a ResNet
+block's) shares one range, the image is not quantized, an identity shortcut adds the
+quantized block input, and pooling averages quantized values.
 """
 from __future__ import annotations
 
@@ -34,10 +40,10 @@ class _QuantizedLayer:
     """Mixin: build the quantized layer by adopting the float layer's state."""
 
     weight_quant: FakeQuantizer
-    act_quant: FakeQuantizer
+    act_quant: FakeQuantizer | None  # None: the input is quantized elsewhere (after the ReLU before)
 
     @classmethod
-    def from_float(cls, layer: nn.Module, weight_quant: FakeQuantizer, act_quant: FakeQuantizer):
+    def from_float(cls, layer: nn.Module, weight_quant: FakeQuantizer, act_quant: FakeQuantizer | None):
         q = cls.__new__(cls)
         # same tensors, separate containers, so adding the quantizers leaves ``layer`` untouched
         q.__dict__.update(layer.__dict__)
@@ -48,15 +54,34 @@ class _QuantizedLayer:
         q.act_quant = act_quant
         return q
 
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.act_quant is None else self.act_quant(x)
+
 
 class QuantConv2d(_QuantizedLayer, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.act_quant(x), _quantized_weight(self), self.bias)
+        return self._conv_forward(self.quantized_input(x), _quantized_weight(self), self.bias)
 
 
 class QuantLinear(_QuantizedLayer, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.act_quant(x), _quantized_weight(self), self.bias)
+        return F.linear(self.quantized_input(x), _quantized_weight(self), self.bias)
 
 
 QUANT_MODULES = (QuantConv2d, QuantLinear)
+
+
+class QuantReLU(nn.Module):
+    """A ReLU (or ReLU6) module followed by the fake-quantizer of its output; the original
+    module stays a child (``relu``), so its ``inplace`` / clipping behaviour is kept."""
+
+    def __init__(self, relu: nn.Module, act_quant: FakeQuantizer) -> None:
+        super().__init__()
+        self.relu = relu
+        self.act_quant = act_quant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act_quant(self.relu(x))
+
+
+RELU_MODULES = (nn.ReLU, nn.ReLU6)

@@ -5,6 +5,10 @@ in place of the originals (same names, same ``state_dict`` keys). Layers are
 chosen by type, never by substrings of attribute names; the ones kept in full
 precision are the first and/or last quantizable layer (in registration order)
 and any whose full name matches a ``fp_layers`` glob pattern.
+
+Activation quantizers sit at each quantized layer's input (``a_placement='layer-input'``)
+or, as in the official ZAQ code, after every ReLU/ReLU6 module (``'after-relu'``);
+:func:`act_quantizers` lists them either way.
 """
 from __future__ import annotations
 
@@ -17,8 +21,8 @@ from torch import nn
 
 from ..errors import UserError
 from .bn_fold import fold_bn
-from .fake_quant import FakeQuantizer
-from .modules import QUANT_MODULES, QuantConv2d, QuantLinear
+from .fake_quant import FULL_PRECISION_BITS, FakeQuantizer
+from .modules import QUANT_MODULES, RELU_MODULES, QuantConv2d, QuantLinear, QuantReLU
 from .qconfig import QConfig
 
 
@@ -54,17 +58,41 @@ def full_precision_layers(model: nn.Module, qconfig: QConfig) -> list[str]:
     return sorted(set(keep), key=names.index)
 
 
-def _make_quantizers(module: nn.Module, qconfig: QConfig) -> tuple[FakeQuantizer, FakeQuantizer]:
+def _act_quantizer(qconfig: QConfig, device: torch.device) -> FakeQuantizer:
+    return FakeQuantizer(
+        qconfig.abits, qconfig.a_symmetric, per_channel=False, range_rule=qconfig.a_range,
+        momentum=qconfig.a_momentum, rounding=qconfig.rounding, ste=qconfig.ste,
+    ).to(device)
+
+
+def _make_quantizers(module: nn.Module, qconfig: QConfig) -> tuple[FakeQuantizer, FakeQuantizer | None]:
+    """The weight quantizer and, with ``layer-input`` placement, the input quantizer of ``module``."""
+    device = next(module.parameters()).device
     weight_quant = FakeQuantizer(
         qconfig.wbits, qconfig.w_symmetric, per_channel=qconfig.w_granularity == "channel",
-        ch_axis=0, range_rule="current",
+        ch_axis=0, range_rule="current", include_zero=qconfig.w_range == "include-zero",
+        rounding=qconfig.rounding, ste=qconfig.ste,
     )
-    act_quant = FakeQuantizer(
-        qconfig.abits, qconfig.a_symmetric, per_channel=False,
-        range_rule=qconfig.a_range, momentum=qconfig.a_momentum,
-    )
-    device = next(module.parameters()).device
-    return weight_quant.to(device), act_quant.to(device)
+    act_quant = _act_quantizer(qconfig, device) if qconfig.a_placement == "layer-input" else None
+    return weight_quant.to(device), act_quant
+
+
+def _quantize_relus(qmodel: nn.Module, qconfig: QConfig) -> list[str]:
+    """Wrap every ReLU/ReLU6 module in a :class:`QuantReLU` (one quantizer per module, however
+    often it is called); a model without ReLU modules (functional ReLUs, other activations)
+    would keep every activation in full precision, so it is refused."""
+    device = next(qmodel.parameters()).device
+    names = [name for name, m in qmodel.named_modules() if isinstance(m, RELU_MODULES)]
+    if not names and qconfig.abits not in FULL_PRECISION_BITS:
+        raise UserError("a_placement='after-relu' found no nn.ReLU/nn.ReLU6 module in the model (functional "
+                        "ReLUs cannot be found); its activations would stay in full precision; use "
+                        "a_placement='layer-input'")
+    modules = dict(qmodel.named_modules())
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else qmodel, attr,
+                QuantReLU(modules[name], _act_quantizer(qconfig, device)))
+    return names
 
 
 def quantize_model(
@@ -95,7 +123,9 @@ def quantize_model(
         parent_name, _, attr = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else qmodel, attr, qlayer)
         quantized.append(name)
-    info = {"quantized": quantized, "full_precision": fp_names, "bn_folded_pairs": folded}
+    relus = _quantize_relus(qmodel, qconfig) if qconfig.a_placement == "after-relu" else []
+    info = {"quantized": quantized, "full_precision": fp_names, "bn_folded_pairs": folded,
+            "quantized_relus": relus}
     return qmodel, info
 
 
@@ -105,24 +135,33 @@ def quant_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, m
 
 
+def act_quantizers(model: nn.Module) -> Iterator[tuple[str, FakeQuantizer]]:
+    """(name of the module holding it, quantizer) for every activation quantizer: quantized
+    layers' input quantizers and :class:`QuantReLU` output quantizers, in module order."""
+    for name, m in model.named_modules():
+        if isinstance(m, QUANT_MODULES + (QuantReLU,)) and m.act_quant is not None:
+            yield name, m.act_quant
+
+
 def set_quantization(model: nn.Module, weight: bool | None = None, act: bool | None = None) -> None:
     """Switch weight and/or activation fake-quantization on or off (None = leave as is)."""
-    for _, m in quant_layers(model):
-        if weight is not None:
+    if weight is not None:
+        for _, m in quant_layers(model):
             m.weight_quant.enabled = weight
-        if act is not None:
-            m.act_quant.enabled = act
+    if act is not None:
+        for _, q in act_quantizers(model):
+            q.enabled = act
 
 
 def set_act_observing(model: nn.Module, on: bool) -> None:
     """Calibrate (update activation ranges on every forward) or freeze them."""
-    for _, m in quant_layers(model):
-        m.act_quant.observing = on
+    for _, q in act_quantizers(model):
+        q.observing = on
 
 
 def reset_act_ranges(model: nn.Module) -> None:
-    for _, m in quant_layers(model):
-        m.act_quant.reset_range()
+    for _, q in act_quantizers(model):
+        q.reset_range()
 
 
 @torch.no_grad()
@@ -158,14 +197,14 @@ def calibrate_activations(model: nn.Module, batches, forward=None) -> int:
 def quantizer_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Activation ranges (not in ``state_dict``) for checkpoints."""
     state = {}
-    for name, m in quant_layers(model):
-        state[f"{name}.act_quant.min_val"] = m.act_quant.min_val.detach().clone()
-        state[f"{name}.act_quant.max_val"] = m.act_quant.max_val.detach().clone()
+    for name, q in act_quantizers(model):
+        state[f"{name}.act_quant.min_val"] = q.min_val.detach().clone()
+        state[f"{name}.act_quant.max_val"] = q.max_val.detach().clone()
     return state
 
 
 @torch.no_grad()
 def load_quantizer_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    for name, m in quant_layers(model):
-        m.act_quant.min_val.copy_(state[f"{name}.act_quant.min_val"])
-        m.act_quant.max_val.copy_(state[f"{name}.act_quant.max_val"])
+    for name, q in act_quantizers(model):
+        q.min_val.copy_(state[f"{name}.act_quant.min_val"])
+        q.max_val.copy_(state[f"{name}.act_quant.max_val"])

@@ -1,0 +1,48 @@
+"""Options added for the official code's reproduction (issue 11) leave the config hashes of the
+shipped configs as they were: ``tests/data/config_hashes_before_issue11.json`` holds, per config
+and method, the hashes of the two parts these options could change (``qconfig.to_dict()`` and the
+method's ``cfg``), computed with the code before the options existed."""
+import json
+from pathlib import Path
+
+from mmengine.config import Config
+
+import tasks  # noqa: F401 - registers the adapters
+import zaqbench.methods  # noqa: F401 - registers the methods
+from zaqbench.quant import QConfig
+from zaqbench.registry import METHODS, build_method
+from zaqbench.runner import short_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+BEFORE = json.loads((ROOT / "tests" / "data" / "config_hashes_before_issue11.json").read_text())
+# the one config on the zaq-code preset: its quantizer is now the official one, so its quant hash moves
+ZAQ_CODE_CONFIG = "cls/resnet20_cifar10_paper"
+
+
+def current_hashes() -> dict[str, dict[str, str]]:
+    out = {}
+    for path in sorted((ROOT / "configs").glob("*/*.py")):
+        if path.name.startswith("_"):
+            continue
+        cfg = Config.fromfile(str(path))
+        if "task" not in cfg:
+            continue
+        qconfig = QConfig.from_dict(dict(cfg.get("quant", {}))).with_bits(4, 4)
+        names = set(cfg.get("default_methods", [])) or set(METHODS.module_dict)
+        for name in sorted(names | set(cfg.get("methods", {}))):
+            method = build_method(name, **dict(cfg.get("methods", {}).get(name, {})))
+            out[f"{path.parent.name}/{path.stem}:{name}"] = {"quant": short_hash(qconfig.to_dict()),
+                                                            "method_cfg": short_hash(method.cfg)}
+    return out
+
+
+def test_shipped_config_hashes_are_unchanged(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))  # example_custom_model imports examples.custom_cls_model
+    now = current_hashes()
+    assert set(BEFORE) <= set(now)
+    changed = {key: (BEFORE[key], now[key]) for key in BEFORE if BEFORE[key] != now[key]}
+    assert all(key.startswith(ZAQ_CODE_CONFIG + ":") for key in changed), changed
+    for key, (before, after) in changed.items():
+        assert before["method_cfg"] == after["method_cfg"] and before["quant"] != after["quant"]
+    assert len(changed) == sum(k.startswith(ZAQ_CODE_CONFIG + ":") for k in BEFORE) > 0
+    assert len(BEFORE) > 100
