@@ -75,3 +75,20 @@ def cls_adapter(fmnist_root, tmp_path):
 
     return build_task("cls", cfg=tiny_cls_config(), model_name="tiny", data_root=str(fmnist_root),
                       cache_dir=tmp_path / "cache", device=torch.device("cpu"))
+
+
+def run_task_cli(tmp_path: Path, config: Path, *extra: str):
+    """``tools/run_task.py --task toy --config <config>`` in a fresh process with its own cache, results
+    file and work dir, as a user would run it; returns (completed process, rows of the results CSV)."""
+    import csv
+    import os
+    import subprocess
+
+    out = tmp_path / "toy.csv"
+    env = {**os.environ, "ZAQBENCH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "run_task.py"), "--task", "toy", "--config", str(config),
+         "--out", str(out), "--work-dir", str(tmp_path / "work"), "--no-progress", *extra],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    rows = list(csv.DictReader(open(out))) if out.exists() else []
+    return proc, rows

@@ -1,10 +1,6 @@
 """GDFQ: label conditioning, the generator's CE and BN-statistics terms, the label-free
 form, and the method end to end on the toy task and through the runner."""
-import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +8,7 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
+from tests.conftest import run_task_cli
 from tests.toy_task import ToyAdapter
 from zaqbench.adapter import InputSpec
 from zaqbench.errors import UserError
@@ -125,16 +122,8 @@ def test_impossible_gdfq_options_name_the_option():
 
 
 def test_toy_task_runs_every_baseline_through_the_cli(tmp_path):
-    out = tmp_path / "toy.csv"
-    env = {**os.environ, "ZAQBENCH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "run_task.py"), "--task", "toy",
-         "--config", str(ROOT / "tests" / "data" / "toy_baselines_config.py"), "--out", str(out),
-         "--work-dir", str(tmp_path / "work"), "--no-progress", "--bits", "8"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    proc, rows = run_task_cli(tmp_path, ROOT / "tests" / "data" / "toy_baselines_config.py", "--bits", "8")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    with open(out) as f:
-        rows = list(csv.DictReader(f))
     assert [(r["method"], r["calib_data"]) for r in rows] == [
         ("fp", "none"), ("ptq", "gaussian-noise"), ("dfq", "gaussian-noise+dfq"), ("gdfq", "gdfq-generator"),
         ("dfq+zaq", "zaq-generator+dfq")]

@@ -80,13 +80,18 @@ def _git(repo, *args):
                    capture_output=True)
 
 
+def _commit_all(repo):
+    """A git repository whose present files are all committed."""
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "init")
+
+
 def test_git_commit_marks_code_changes_dirty_but_not_result_appends(tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "cls.csv").write_text("a\n")
     (tmp_path / "code.py").write_text("x = 1\n")
-    _git(tmp_path, "init", "-q")
-    _git(tmp_path, "add", ".")
-    _git(tmp_path, "commit", "-qm", "init")
+    _commit_all(tmp_path)
     clean = git_commit(tmp_path)
     assert len(clean) == 10 and not clean.endswith("-dirty")
     (tmp_path / "results" / "cls.csv").write_text("a\nb\n")  # a regeneration appending rows
@@ -100,9 +105,7 @@ def test_git_commit_marks_an_uncommitted_config_dirty(tmp_path):
     (repo / "configs").mkdir(parents=True)
     (repo / "configs" / "a.py").write_text("x = 1\n")
     (repo / ".gitignore").write_text("ignored.py\n")
-    _git(repo, "init", "-q")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-qm", "init")
+    _commit_all(repo)
     clean = git_commit(repo)
     assert git_commit(repo, config=repo / "configs" / "a.py") == clean
     (repo / "configs" / "b.py").write_text("x = 1\n")  # untracked: git status --untracked-files=no misses it
