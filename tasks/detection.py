@@ -134,7 +134,7 @@ class DetectionAdapter(TaskAdapter):
                 param_scheduler=plain(self.cfg.get("param_scheduler")), default_hooks=hooks,
                 log_processor=dict(by_epoch=True, window_size=self.teacher_cfg.get("log_interval", 50)),
                 randomness=dict(seed=self.teacher_cfg.get("seed", 0)), default_scope="mmdet",
-                log_level=runner_log_level(self.progress),
+                log_level=runner_log_level(self.progress, self.cfg.get("log_level", "INFO")),
                 env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo")),
                 experiment_name=f"det-{self.model_name}-teacher-{Path(work_dir).name}",  # unique per run
             )

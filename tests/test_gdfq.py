@@ -128,5 +128,6 @@ def test_toy_task_runs_every_baseline_through_the_cli(tmp_path):
         ("fp", "none"), ("ptq", "gaussian-noise"), ("dfq", "gaussian-noise+dfq"), ("gdfq", "gdfq-generator"),
         ("dfq+zaq", "zaq-generator+dfq")]
     fp = float(rows[0]["value"])
-    assert fp > 60 and all(float(r["value"]) > fp - 15 for r in rows)  # W8A8 stays near FP
+    # W8A8 stays near FP (measured 96.9-100 on 128 test images over seeds 0-1; a broken method falls far lower)
+    assert fp > 60 and all(float(r["value"]) >= fp - 5 for r in rows)
     assert "[dfq] equalized 1 pair(s): 0->3" in proc.stderr

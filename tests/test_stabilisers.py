@@ -74,6 +74,18 @@ def test_weight_step_matches_the_quantizer_grid():
     assert torch.allclose(ratio, ratio.round(), atol=1e-4)
 
 
+def test_weight_step_follows_a_quantizer_that_keeps_its_own_range():
+    """zaq-code's weights (include_zero=False): a channel in [1, 2] has step 1/15 at 4 bits, not 2/15."""
+    from zaqbench.quant.fake_quant import FakeQuantizer
+
+    weight = torch.tensor([[1.0, 1.5, 2.0], [-2.0, 0.0, 1.0]])
+    own = FakeQuantizer(4, symmetric=False, per_channel=True, range_rule="current", include_zero=False,
+                        rounding="after-zero-point")
+    widened = FakeQuantizer(4, symmetric=False, per_channel=True, range_rule="current")
+    assert torch.allclose(weight_step(weight, own).flatten(), torch.tensor([1 / 15, 3 / 15]))
+    assert torch.allclose(weight_step(weight, widened).flatten(), torch.tensor([2 / 15, 3 / 15]))
+
+
 def test_trust_region_projection_bounds_weights():
     q, _ = quantize_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 2, 3)),
                           QConfig(wbits=4, abits=4))

@@ -129,3 +129,25 @@ def test_not_applicable_rows_render_as_na_with_their_reason_and_are_not_ranked(t
     text = render(tmp_path, lambda _: None)
     assert "| m | dfq | 90.00 | n/a (no chain found) |" in text
     assert not [ln for ln in text.splitlines() if ln.startswith("| m | W4A4 |") and "dfq" in ln]
+
+
+def test_tables_never_merge_rows_of_different_user_data(tmp_path):
+    rows = [_row(method="fp", wbits=32, abits=32, value=90.0), _row(value=45.0),
+            _row(dataset="d@/data/a#11111111", value=60.0), _row(dataset="d@/data/b#22222222", value=70.0)]
+    append_rows(tmp_path / "cls.csv", rows)
+    text = render(tmp_path, lambda msg: None)
+    # the default data's cell and one cell per user data root, each with its own value
+    assert "| m | ptq | 90.00 | 45.00" in text
+    assert "| m on d@/data/a#11111111 | ptq | 90.00 | 60.00" in text
+    assert "| m on d@/data/b#22222222 | ptq | 90.00 | 70.00" in text
+
+
+def test_rankings_say_whether_a_fresh_clone_reproduces_them(tmp_path):
+    def seeds(method, values):
+        return [_row(method=method, seed=i, value=v) for i, v in enumerate(values)]
+
+    append_rows(tmp_path / "cls.csv", seeds("zaq", [80.0, 81.0, 80.5]) + seeds("ptq", [60.0, 61.0, 60.5]))
+    (tmp_path / "fresh_clone").mkdir()
+    append_rows(tmp_path / "fresh_clone" / "cls.csv", seeds("zaq", [70.0, 71.0, 70.5]) + seeds("ptq", [70.2, 71.1, 70.4]))
+    text = render(tmp_path, lambda msg: None)
+    assert "| m | W4A4 | ptq | +20.00 | 0.50 | 3/3 | zaq ahead | within the seed spread (differs) |" in text

@@ -21,7 +21,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from zaqbench.results import COLUMNS, read_csv_rows, read_frame  # noqa: E402
+from zaqbench.results import COLUMNS, NOT_APPLICABLE, read_csv_rows, read_frame  # noqa: E402
 
 TASKS = {"cls": "Classification", "det": "Detection", "seg": "Segmentation"}
 METHOD_ORDER = ["fp", "ptq", "dfq", "zeroq", "gdfq", "zaq", "dfq+zaq", "zaq-no-feat", "zaq-no-act", "real-ptq"]
@@ -57,6 +57,16 @@ def read_rows(path: Path, warn) -> list[dict]:
     return rows
 
 
+def latest_rows(rows: list[dict]) -> pd.DataFrame:
+    """One row per table cell and seed, the latest one winning (a rerun with new code or config
+    supersedes the older row). Rows of user data (``dataset`` = ``name@/path#fingerprint``) are
+    cells of their own, labelled with the data, never merged with another data's rows."""
+    df = pd.DataFrame(rows)
+    user_data = df["dataset"].astype(str).str.contains("@")
+    df.loc[user_data, "model"] = df.loc[user_data, "model"] + " on " + df.loc[user_data, "dataset"]
+    return df.drop_duplicates(subset=["model", "method", "wbits", "abits", "seed"], keep="last")
+
+
 def _fmt(x: float, digits: int) -> str:
     return f"{x:.{digits}f}"
 
@@ -73,8 +83,8 @@ def cell(values: pd.Series, fp: pd.Series) -> str:
 def na_cell(rows: pd.DataFrame) -> str | None:
     """'n/a (reason)' where every row of the cell is a method that could not apply (runner's n/a rows)."""
     calib = rows["calib_data"].astype(str) if "calib_data" in rows else pd.Series(dtype=str)
-    if len(calib) and calib.str.startswith("n/a: ").all():
-        return "n/a (" + calib.iloc[-1][len("n/a: "):] + ")"
+    if len(calib) and calib.str.startswith(NOT_APPLICABLE).all():
+        return "n/a (" + calib.iloc[-1][len(NOT_APPLICABLE):] + ")"
     return None
 
 
@@ -120,13 +130,13 @@ def task_section(task: str, df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def ranking_lines(df: pd.DataFrame, reference: str = "zaq") -> list[str]:
-    """ZAQ against each other method, per model and bit width with >= 2 seeds of both: the gap
-    of the means, and whether it exceeds the larger of the two standard deviations. A ranking is
-    claimed only then ("ahead" / "behind"); otherwise the table says "within the seed spread"."""
+def rankings(df: pd.DataFrame, reference: str = "zaq") -> dict[tuple[str, str, str], tuple[float, float, str]]:
+    """(model, bits, other method) -> (gap of the means, larger std, verdict) for ZAQ against each
+    method with >= 2 seeds of both. A ranking ("ahead" / "behind") only where the gap exceeds the
+    larger of the two standard deviations; otherwise "within the seed spread"."""
     df = df[(df.method != "fp") & df["value"].notna()].copy()  # n/a rows have no score to rank
     df["bits"] = "W" + df["wbits"].astype(str) + "A" + df["abits"].astype(str)
-    lines: list[str] = []
+    found = {}
     for (model, bits), g in df.groupby(["model", "bits"]):
         ref = g[g.method == reference]["value"]
         if len(ref) < 2:
@@ -138,14 +148,31 @@ def ranking_lines(df: pd.DataFrame, reference: str = "zaq") -> list[str]:
             gap = ref.mean() - values.mean()
             spread = max(ref.std(ddof=1), values.std(ddof=1))
             verdict = ("ahead" if gap > 0 else "behind") if abs(gap) > spread else "within the seed spread"
-            digits = 3 if g["fp_value"].abs().max() <= 1 else 2
-            lines.append(f"| {model} | {bits} | {method} | {gap:+.{digits}f} | {spread:.{digits}f} | "
-                         f"{len(ref)}/{len(values)} | {reference} {verdict} |")
+            found[(model, bits, method)] = (gap, spread, f"{len(ref)}/{len(values)}", verdict)
+    return found
+
+
+def ranking_lines(df: pd.DataFrame, fresh: pd.DataFrame | None = None, reference: str = "zaq") -> list[str]:
+    """The rankings of ``df``; with ``fresh`` (the same task's rows from a fresh clone) each line also
+    says whether the fresh clone reproduces the verdict: a claim stands only where both agree."""
+    found = rankings(df, reference)
+    again = rankings(fresh, reference) if fresh is not None and not fresh.empty else None
+    digits = 3 if df["fp_value"].abs().max() <= 1 else 2
+    lines = []
+    for (model, bits, method), (gap, spread, seeds, verdict) in found.items():
+        line = f"| {model} | {bits} | {method} | {gap:+.{digits}f} | {spread:.{digits}f} | {seeds} | {reference} {verdict} |"
+        if again is not None:
+            there = again.get((model, bits, method))
+            line += f" {there[3] + (' (same)' if there[3] == verdict else ' (differs)') if there else 'not run'} |"
+        lines.append(line)
     if not lines:
         return []
+    header = "| model | bits | vs | gap (zaq - other) | larger std | seeds | verdict |"
+    rule = "|---|---|---|---|---|---|---|"
+    if again is not None:
+        header, rule = header + " fresh clone |", rule + "---|"
     return ["Rankings (claimed only where the gap of the means exceeds the larger std over seeds):", "",
-            "| model | bits | vs | gap (zaq - other) | larger std | seeds | verdict |",
-            "|---|---|---|---|---|---|---|", *lines, ""]
+            header, rule, *lines, ""]
 
 
 def curve_section(path: Path, title: str, warn) -> list[str]:
@@ -188,9 +215,11 @@ def render(results_dir: Path, warn) -> str:
         rows = read_rows(path, warn)
         if not rows:
             continue
-        df = pd.DataFrame(rows).drop_duplicates(subset=["model", "method", "wbits", "abits", "seed"], keep="last")
+        df = latest_rows(rows)
+        fresh_path = results_dir / "fresh_clone" / f"{task}.csv"
+        fresh_rows = read_rows(fresh_path, warn) if fresh_path.exists() else []
         parts.append(task_section(task, df))
-        parts.extend(ranking_lines(df))
+        parts.extend(ranking_lines(df, latest_rows(fresh_rows) if fresh_rows else None))
         for plot in (f"{task}_bits.png", f"{task}_generated.png", f"{task}_losses.png"):
             if (results_dir / plot).exists():
                 parts.append(f"![{plot}]({plot})")
@@ -202,7 +231,7 @@ def render(results_dir: Path, warn) -> str:
             rows = read_rows(path, warn)
             if not rows:
                 continue
-            df = pd.DataFrame(rows).drop_duplicates(subset=["model", "method", "wbits", "abits", "seed"], keep="last")
+            df = latest_rows(rows)
             parts += [f"# {title}: `{folder}/{path.name}`", "", task_section(rows[0]["task"], df)]
             parts.extend(ranking_lines(df))
     curves = sorted((results_dir / "curves").glob("*.csv")) + sorted((results_dir / "ablations").glob("*_stabilisers.csv"))

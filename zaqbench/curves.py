@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
+from . import distributed
 from .checkpoint import load_file
 from .errors import UserError
 from .methods import ZAQ, RunContext
@@ -22,7 +23,7 @@ from .quant import load_quantizer_state
 from .registry import method_class
 from .run_lock import hold_run_folders
 from .results import COLUMNS, append_rows, check_writable, git_commit
-from .runner import REPO_ROOT, Plan, build_parser, build_plan, cli, prepare_teacher, result_row
+from .runner import REPO_ROOT, Plan, build_parser, build_plan, cli, prepare_teacher, result_row, say
 
 CURVE_COLUMNS = [c for c in COLUMNS if c not in ("iters", "seconds")]
 CURVE_COLUMNS.insert(CURVE_COLUMNS.index("metric"), "iteration")
@@ -86,7 +87,8 @@ def run_curves(args: argparse.Namespace) -> Path:
     out = Path(out_arg) if out_arg else REPO_ROOT / "results" / "curves" / f"{plan.task}_{plan.model_name}.csv"
     check_writable(out, CURVE_COLUMNS)
 
-    run_dirs = sorted({plan.run_dir(job, seed) for seed in seeds for job in plan.jobs})
+    # rank 0 holds the run folders and writes the rows for all ranks of a torchrun launch
+    run_dirs = sorted({plan.run_dir(job, seed) for seed in seeds for job in plan.jobs}) if distributed.is_main() else []
     with hold_run_folders(run_dirs):  # the same curve run twice at once would share run folders
         write_curves(plan, args, seeds, points, out)
     return out
@@ -101,9 +103,8 @@ def write_curves(plan: Plan, args: argparse.Namespace, seeds: list[int], points:
     for seed in seeds:
         for job in plan.jobs:
             ctx = RunContext(plan.adapter, teacher, job.qconfig, seed, plan.run_dir(job, seed), args.resume,
-                             not args.no_progress, snapshot_iters=tuple(points))
-            print(f"[zaqbench] curve: {job.method_name} W{job.wbits}A{job.abits} seed {seed}, "
-                  f"{iters} iterations", file=sys.stderr)
+                             not args.no_progress and distributed.is_main(), snapshot_iters=tuple(points))
+            say(f"[zaqbench] curve: {job.method_name} W{job.wbits}A{job.abits} seed {seed}, {iters} iterations")
             torch.manual_seed(seed)
             result = job.method.run(ctx)
             rows: list[dict[str, Any]] = []
@@ -112,8 +113,9 @@ def write_curves(plan: Plan, args: argparse.Namespace, seeds: list[int], points:
                 row = result_row(plan, job, seed, metrics, fp_value, result.calib_data, True, commit)
                 row.update(iteration=it, cfg_options=";".join(args.cfg_options))
                 rows.append(row)
-                print(f"[zaqbench]   iteration {it:5d}: {plan.adapter.metric} = {row['value']:.4f}", file=sys.stderr)
-            append_rows(out, rows, CURVE_COLUMNS)  # the whole curve of a run, or nothing
+                say(f"[zaqbench]   iteration {it:5d}: {plan.adapter.metric} = {row['value']:.4f}")
+            if distributed.is_main():
+                append_rows(out, rows, CURVE_COLUMNS)  # the whole curve of a run, or nothing
 
 
 def main(argv: Sequence[str] | None = None) -> int:

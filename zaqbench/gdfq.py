@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .adapter import InputSpec, TaskAdapter
 from .discrepancy import output_discrepancy
 from .engine import ZAQConfig, ZAQTrainer
@@ -186,6 +187,10 @@ class GDFQ(Method):
 
     def check_options(self) -> None:
         self.gdfq_config()  # GDFQConfig checks every option's type and range when the plan is built
+        if distributed.env_world_size() > 1:
+            # every rank would train on the whole batch and Q's global-batch BN would sum their
+            # gradients: refuse rather than run a different method than the row says
+            raise UserError("methods.gdfq is not data-parallel; run it in one process (without torchrun)")
 
     def gdfq_config(self) -> GDFQConfig:
         return GDFQConfig.from_dict(self.cfg)

@@ -138,8 +138,9 @@ class NoisePTQ(Method):
             return list(self.batches(ctx))
         key = (self.name, repr(sorted(self.settings().items())), ctx.seed)
         if key in ctx.calib_cache:
-            print(f"[zaqbench] {self.name}: reusing this run's calibration batches (same teacher, settings "
-                  "and seed)", file=sys.stderr)
+            if distributed.is_main():
+                print(f"[zaqbench] {self.name}: reusing this run's calibration batches (same teacher, settings "
+                      "and seed)", file=sys.stderr)
         else:
             ctx.calib_cache[key] = list(self.batches(ctx))
         return ctx.calib_cache[key]

@@ -28,6 +28,10 @@ COLUMNS = [
 ]
 
 
+#: ``calib_data`` of a row whose method cannot apply to the model: ``n/a: <reason>``, value NaN
+NOT_APPLICABLE = "n/a: "
+
+
 def git_commit(repo: Path | None = None, config: Path | None = None) -> str:
     """Short commit of the code that produced a row; '-dirty' (as git describe) if tracked files differ,
     or if ``config`` (the run's config file) is not committed as it is: untracked, ignored, modified,

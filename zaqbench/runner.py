@@ -28,8 +28,8 @@ from .methods import MethodOutput, RunContext
 from .quant import QConfig
 from .run_lock import hold_run_folders
 from .registry import METHODS, build_method, build_task, method_class, task_class
-from .results import (COLUMNS, append_rows, check_writable, format_extra_metrics, format_settings, git_commit,
-                      now_iso, read_csv_rows, resolve_output)
+from .results import (COLUMNS, NOT_APPLICABLE, append_rows, check_writable, format_extra_metrics, format_settings,
+                      git_commit, now_iso, read_csv_rows, resolve_output)
 from .teacher import get_teacher, teacher_cache_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -389,9 +389,6 @@ def result_row(plan: Plan, job: "Job", seed: int, metrics: dict[str, float], fp_
         "seed": seed, **protocol, "quant_preset": plan.quant_preset, "config_hash": job.config_hash,
         "device": plan.device_label(), "commit": commit, "date": now_iso(),
     }
-
-
-NOT_APPLICABLE = "n/a: "
 
 
 def not_applicable_cell(reason: str) -> str:

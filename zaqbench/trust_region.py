@@ -23,7 +23,7 @@ def weight_step(weight: torch.Tensor, quantizer: FakeQuantizer) -> torch.Tensor:
     """The quantization step of ``weight`` under ``quantizer``, broadcastable to ``weight``:
     shape (C_out, 1, ...) for per-channel quantizers, () for per-tensor ones."""
     lo, hi = quantizer.current_range(weight.detach())  # the range the quantizer itself would use
-    scale, _ = affine_qparams(lo, hi, quantizer.bits, quantizer.symmetric)
+    scale, _ = affine_qparams(lo, hi, quantizer.bits, quantizer.symmetric, quantizer.include_zero)
     if quantizer.per_channel:
         shape = [1] * weight.dim()
         shape[quantizer.ch_axis] = -1
