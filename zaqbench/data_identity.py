@@ -23,7 +23,8 @@ def data_location(data_root: str | None) -> Path | None:
 
 def fingerprint(root: Path) -> str:
     """sha256 (16 hex) of every file's relative path and size plus the head and tail bytes of
-    up to ``SAMPLED_FILES`` files: seconds even on ImageNet, and it changes when files are
+    up to ``SAMPLED_FILES`` files: one directory walk with a stat per file plus at most 64 small
+    reads (not measured on a full ImageNet tree here), and it changes when files are
     added, removed, resized or (for the sampled ones) rewritten."""
     root = Path(root)
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())

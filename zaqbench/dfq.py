@@ -38,6 +38,7 @@ from .errors import UserError
 from .engine import ZAQConfig
 from .methods import ZAQ, MethodOutput, NoisePTQ, RunContext
 from .quant import QConfig, calibrate_activations, quantize_model
+from .quant.bn_fold import bn_scale
 from .registry import METHODS
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)  # positively homogeneous: f(x / s) = f(x) / s for s > 0
@@ -134,10 +135,7 @@ def find_chains(model: nn.Module) -> tuple[list[Chain], list[str]]:
 
 def _folded_scale(bn: nn.Module | None, channels: int, ref: torch.Tensor) -> torch.Tensor:
     """gamma / sigma of the BN (ones without one): what folding multiplies conv1's rows by."""
-    if bn is None:
-        return torch.ones(channels, device=ref.device)
-    gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
-    return gamma / torch.sqrt(bn.running_var + bn.eps)
+    return torch.ones(channels, device=ref.device) if bn is None else bn_scale(bn)
 
 
 @torch.no_grad()

@@ -313,11 +313,16 @@ def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, A
                 cache_dir, work_root)
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists: where a mkdir of ``path`` would start."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_output_folder(folder: Path, option: str, what: str) -> None:
     """``folder`` exists as a writable directory or can be created: checked before any work."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(folder)
     if existing.exists() and not existing.is_dir():
         raise UserError(f"{option} '{folder}' cannot hold {what}: '{existing}' is not a directory; "
                         f"give a folder path with {option}")
@@ -331,9 +336,7 @@ def warn_if_teacher_cannot_be_cached(path: Path) -> None:
     and again when saving fails); the next run trains it again."""
     if path.exists():
         return
-    existing = path.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(path.parent)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         print(f"warning: the teacher cache '{path.parent}' is not writable: the teacher will be trained "
               "for this run but not cached (set ZAQBENCH_CACHE to a writable folder to keep it)",

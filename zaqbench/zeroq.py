@@ -33,8 +33,8 @@ def bn_statistics_terms(model: nn.Module, global_batch: bool = False) -> Iterato
     The hooks are removed on exit, whatever happens.
 
     ``global_batch``: under torchrun, the batch statistics are those of all ranks' rows
-    together (the ZAQ loop, where each rank holds a share of one batch); without it each
-    rank's batch stands alone (ZeroQ, where each rank distils whole batches of its own)."""
+    together (the ZAQ loop and ZeroQ's distillation, where each rank holds its rows of one
+    batch); without it each process's batch stands alone (GDFQ, which is not data-parallel)."""
     terms: list[torch.Tensor] = []
 
     def hook(module, inputs):

@@ -37,6 +37,12 @@ def find_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tu
     return [(c, b) for c, b in pairs if convs.count(c) == 1]
 
 
+def bn_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
+    """gamma / sqrt(running_var + eps), shape (C,): what folding multiplies the conv's rows by."""
+    gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
+    return gamma / torch.sqrt(bn.running_var + bn.eps)
+
+
 @torch.no_grad()
 def fold_bn(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
     """Fold every directly-fed BatchNorm2d into its conv, in place; BN becomes Identity."""
@@ -45,12 +51,10 @@ def fold_bn(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, st
     for conv_name, bn_name in pairs:
         conv: nn.Conv2d = modules[conv_name]
         bn: nn.BatchNorm2d = modules[bn_name]
-        std = torch.sqrt(bn.running_var + bn.eps)
-        gamma = bn.weight if bn.affine else torch.ones_like(std)
-        beta = bn.bias if bn.affine else torch.zeros_like(std)
-        factor = gamma / std
+        factor = bn_scale(bn)
+        beta = bn.bias if bn.affine else torch.zeros_like(factor)
         conv.weight.mul_(factor.reshape(-1, 1, 1, 1))
-        old_bias = conv.bias if conv.bias is not None else torch.zeros_like(std)
+        old_bias = conv.bias if conv.bias is not None else torch.zeros_like(factor)
         new_bias = beta + (old_bias - bn.running_mean) * factor
         conv.bias = nn.Parameter(new_bias.detach().clone())
         parent_name, _, attr = bn_name.rpartition(".")
