@@ -2,6 +2,8 @@
 import pytest
 
 import zaqbench.methods  # noqa: F401  (registers the methods)
+from zaqbench.errors import UserError
+from zaqbench.quant import QConfig
 from zaqbench.registry import build_method
 
 
@@ -18,3 +20,17 @@ def test_settings_are_the_protocol_options_with_the_values_run():
 @pytest.mark.parametrize("name, key", [("zaq-no-feat", "alpha"), ("zaq-no-act", "beta")])
 def test_an_ablation_records_its_override_not_the_config_value(name, key):
     assert build_method(name, **{key: 0.5}).settings()[key] == 0.0
+
+
+def test_noise_calibration_can_average_its_batches_ranges():
+    base = QConfig(a_range="minmax")
+    assert build_method("ptq").qconfig_for(base) == base  # '' keeps the config's rule
+    assert build_method("ptq").settings() == {"batch_size": 64, "calib_batches": 4}  # and stays out of the hash
+    assert build_method("ptq", a_range="ema").qconfig_for(base).a_range == "ema"
+    assert build_method("dfq", a_range="ema").qconfig_for(base).a_range == "ema"
+    assert build_method("ptq", a_range="ema").settings()["a_range"] == "ema"
+    assert build_method("zaq").qconfig_for(base) == base
+    with pytest.raises(UserError, match=r"methods\.ptq\.a_range='mean' is not valid; use 'minmax' or 'ema'"):
+        build_method("ptq", a_range="mean")
+    with pytest.raises(UserError, match="unknown option"):  # real images need no averaging
+        build_method("real-ptq", a_range="ema")

@@ -53,7 +53,10 @@ def test_end_to_end_writes_one_row_per_method(env, capsys):
     # each row records the settings of its method (TINY's overrides included), after any metric
     settings = {r["method"]: parse_extra_metrics(r["extra_metrics"])[1] for r in written}
     assert settings["fp"] == {}
-    assert settings["ptq"] == {"batch_size": "8", "calib_batches": "4"}
+    # the config's noise baseline averages its batches' ranges, and its rows say so
+    assert settings["ptq"] == {"batch_size": "8", "calib_batches": "32", "a_range": "ema"}
+    assert {r["method"]: r["a_range"] for r in written if r["wbits"] == "4"} == {
+        "ptq": "ema", "real-ptq": "minmax", "zeroq": "minmax", "zaq": "minmax"}
     assert settings["zeroq"] == {"batch_size": "8", "calib_batches": "2", "distill_iters": "3", "lr": "0.5"}
     assert {k: settings["zaq"][k] for k in ("iters", "batch_size", "q_steps", "q_lr", "g_lr", "q_bn_update",
                                             "lr_milestones")} == {

@@ -21,6 +21,7 @@ from .adapter import TaskAdapter
 from .engine import ZAQConfig, ZAQTrainer
 from .errors import UserError
 from .quant import QConfig, calibrate_activations, quantize_model
+from .quant.fake_quant import RANGE_RULES
 from .registry import METHODS
 from .zeroq import distill_batch
 
@@ -87,10 +88,15 @@ class Method:
     def settings(self) -> dict[str, Any]:
         """The protocol options with the values this method runs with."""
         names = self.options if self.protocol_options is None else self.protocol_options
-        return {key: self.cfg[key] for key in names}
+        return {key: self.cfg[key] for key in names if key in self.cfg}  # later options at default: absent
 
     def run(self, ctx: RunContext) -> MethodOutput:
         raise NotImplementedError
+
+    def qconfig_for(self, qconfig: QConfig) -> QConfig:
+        """The quantization protocol this method runs with: the config's, unless a method option
+        changes part of it (the row's protocol columns are taken from what this returns)."""
+        return qconfig
 
     def quantize(self, ctx: RunContext) -> nn.Module:
         example = torch.zeros(ctx.adapter.input_spec.shape(2), device=ctx.adapter.device)
@@ -117,10 +123,21 @@ class NoisePTQ(Method):
     """Data-free post-training quantization: weights min/max, activation ranges from N(0, 1) inputs."""
 
     name = "ptq"
-    options = {"batch_size": 64, "calib_batches": 4}
+    # a_range: how the calibration batches' ranges combine; '' keeps the config's quant.a_range.
+    # 'ema' (an exponential moving average of each batch's min/max) lets the noise baselines take
+    # many batches: a running min/max only widens with more Gaussian samples (README, issue 10).
+    options = {"batch_size": 64, "calib_batches": 4, "a_range": ""}
+
+    def __init__(self, **cfg: Any) -> None:
+        super().__init__(**cfg)
+        if not self.cfg.get("a_range", "x"):  # added later: at its default it stays out of the hashed cfg
+            del self.cfg["a_range"]
 
     def check_options(self) -> None:
         super().check_options()
+        if "a_range" in self.options and self.cfg["a_range"] not in ("", *RANGE_RULES[1:]):
+            raise UserError(f"methods.{self.name}.a_range={self.cfg['a_range']!r} is not valid; use "
+                            f"{' or '.join(repr(r) for r in RANGE_RULES[1:])}, or '' for the config's quant.a_range")
         # under torchrun every rank calibrates on its rows of each batch: fail at plan time
         distributed.local_batch(self.cfg["batch_size"], f"methods.{self.name}.batch_size")
 
@@ -145,6 +162,10 @@ class NoisePTQ(Method):
             ctx.calib_cache[key] = list(self.batches(ctx))
         return ctx.calib_cache[key]
 
+    def qconfig_for(self, qconfig: QConfig) -> QConfig:
+        rule = self.cfg.get("a_range", "")
+        return replace(qconfig, a_range=rule) if rule else qconfig
+
     def run(self, ctx: RunContext) -> MethodOutput:
         qmodel = self.quantize(ctx)
         calibrate_activations(qmodel, self.calibration_batches(ctx), ctx.adapter.forward_raw)
@@ -156,6 +177,7 @@ class RealPTQ(NoisePTQ):
     """Reference row, NOT zero-shot: activation ranges from real training images."""
 
     name = "real-ptq"
+    options = {"batch_size": 64, "calib_batches": 4}  # real images need no averaging over batches
 
     def batches(self, ctx: RunContext) -> Iterator[torch.Tensor]:
         for x in ctx.adapter.real_batches(self.cfg["batch_size"], self.cfg["calib_batches"], ctx.seed):
