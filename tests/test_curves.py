@@ -63,3 +63,54 @@ def test_bad_zaq_option_fails_before_the_teacher(env, capsys):
     assert run(env, options=TINY + ["methods.zaq.q_trust_steps=-1"]) == 2
     assert "methods.zaq.q_trust_steps=-1" in capsys.readouterr().err
     assert not (Path(env["work"]).parent / "cache" / "teachers").exists()
+
+
+def test_probes_read_each_snapshot_of_the_curve_run(env, tmp_path):
+    from zaqbench.probes import PROBE_COLUMNS
+    from zaqbench.probes import main as probes
+
+    common = ["--method", "zaq", "--seeds", "0", "--points", "0,1,3"]
+    assert run(env, *common) == 0
+    curve = {r["iteration"]: r["value"] for r in rows(env["out"])}
+    probe_out = tmp_path / "probes.csv"
+    args = ["--task", "cls", "--model", "resnet20", "--data-root", env["root"], "--out", str(probe_out),
+            "--work-dir", env["work"], "--no-progress", *common, "--probe-batches", "2", "--cfg-options", *TINY]
+    assert probes(args) == 0
+    written = rows(probe_out)
+    assert list(written[0]) == PROBE_COLUMNS
+    # the same run folder and snapshots as the curve: the same metric at every point
+    assert {r["iteration"]: r["value"] for r in written} == curve
+    assert all(r["probe_images"] == "8" for r in written)  # 2 batches of the run's batch size 4
+    initial = [float(r["d_o_initial_g"]) for r in written]
+    final = [float(r["d_o_final_g"]) for r in written]
+    assert all(d > 0 for d in initial + final) and initial != final  # two different generators
+    assert probes(args) == 0  # fixed probes: a second pass gives the same numbers
+    again = rows(probe_out)[3:]
+    assert [r["d_o_initial_g"] for r in again] == [r["d_o_initial_g"] for r in written]
+
+
+def test_probes_without_a_finished_run_is_one_line(env, capsys, tmp_path):
+    from zaqbench.probes import main as probes
+
+    out = tmp_path / "probes.csv"
+    args = ["--task", "cls", "--model", "resnet20", "--data-root", env["root"], "--out", str(out),
+            "--work-dir", env["work"], "--no-progress", "--points", "0,2", "--cfg-options", *TINY]
+    assert probes(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: no finished run in") and "tools/budget_curve.py" in err
+    assert not out.exists() and not (Path(env["work"]).parent / "cache" / "teachers").exists()
+    assert probes([*args, "--probe-batches", "0"]) == 2
+    assert "--probe-batches must be a positive integer" in capsys.readouterr().err
+
+
+def test_probe_agreement_reads_the_ranking():
+    import pandas as pd
+
+    from zaqbench.probes import agreement
+
+    rows_ = pd.DataFrame({"iteration": [0, 10, 20], "value": [90.0, 91.0, 89.0],
+                          "d_o_initial_g": [0.2, 0.1, 0.3], "d_o_final_g": [0.1, 0.2, 0.3]})
+    text = agreement(rows_)
+    assert "d_o_initial_g: rank correlation +1.00, picks iteration 10 (91.0000)" in text
+    assert "d_o_final_g: rank correlation +0.50, picks iteration 0 (90.0000)" in text
+    assert text.endswith("best iteration 10 (91.0000)")

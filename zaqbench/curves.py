@@ -63,7 +63,8 @@ def trained_methods(arg: str | None) -> list[str]:
     return names
 
 
-def evaluate_snapshot(plan: Plan, ctx: RunContext, job, iteration: int) -> dict[str, float]:
+def load_snapshot(plan: Plan, ctx: RunContext, job, iteration: int) -> torch.nn.Module:
+    """The model a run saved at ``iteration`` (weights and activation ranges), in eval mode."""
     path = ctx.work_dir / "snapshots" / f"iter_{iteration:06d}.pth"
     if not path.is_file():
         raise UserError(f"snapshot {path} is missing; rerun without --resume to train the run again")
@@ -71,7 +72,11 @@ def evaluate_snapshot(plan: Plan, ctx: RunContext, job, iteration: int) -> dict[
     qmodel = job.method.quantize(ctx)
     qmodel.load_state_dict(state["qmodel"])
     load_quantizer_state(qmodel, state["quantizer"])
-    return plan.adapter.evaluate(qmodel.eval())
+    return qmodel.eval()
+
+
+def evaluate_snapshot(plan: Plan, ctx: RunContext, job, iteration: int) -> dict[str, float]:
+    return plan.adapter.evaluate(load_snapshot(plan, ctx, job, iteration))
 
 
 def run_curves(args: argparse.Namespace) -> Path:
