@@ -120,6 +120,23 @@ def test_curve_tables_show_mean_and_std_per_iteration(tmp_path):
     assert "| m | zaq | W4A4 | bns_weight=0.0 | 70.00 | – |" in text
 
 
+def test_probe_tables_say_which_snapshot_each_probe_set_would_pick(tmp_path):
+    from zaqbench.probes import PROBE_COLUMNS
+
+    def prow(iteration, value, d_initial, d_final):
+        base = {c: "x" for c in PROBE_COLUMNS}
+        base.update(task="seg", model="m", method="zaq", wbits=6, abits=6, seed=0, iteration=iteration,
+                    metric="mIoU", value=value, d_o_initial_g=d_initial, d_o_final_g=d_final)
+        return base
+
+    rows = [prow(0, 42.0, 0.3, 0.1), prow(10, 43.0, 0.2, 0.2), prow(20, 41.0, 0.1, 0.3)]
+    append_rows(tmp_path / "curves" / "probes_seg_m.csv", rows, PROBE_COLUMNS)
+    text = render(tmp_path, lambda _: None)
+    # initial-G probes pick it 20 (lowest D_o) although it is the worst: rho = -0.5; final-G picks it 0
+    assert "| m | zaq | W6A6 | 0 | 42.00 | 43.00 (it 10) | 41.00 (it 20), ρ -0.50 | 42.00 (it 0), ρ +0.50 |" in text
+    assert text.count("### probes_seg_m") == 1  # a probe table, never also read as a budget curve
+
+
 def test_not_applicable_rows_render_as_na_with_their_reason_and_are_not_ranked(tmp_path):
     rows = [_row(method="fp", wbits=32, abits=32, value=90.0)]
     for seed in range(2):

@@ -224,7 +224,8 @@ def read_frame(path: Path, warn: Callable[[str], None]):
 
     _, lines = read_csv_rows(path, warn)
     df = pd.DataFrame([row for _, row in lines])
-    for col in ("wbits", "abits", "value", "fp_value", "seed", "iteration", "iters", "seconds"):
+    for col in ("wbits", "abits", "value", "fp_value", "seed", "iteration", "iters", "seconds",
+                "d_o_initial_g", "d_o_final_g"):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce")
     return df.dropna(subset=[c for c in ("value", "iteration") if c in df])
