@@ -18,13 +18,9 @@ BEFORE = json.loads((ROOT / "tests" / "data" / "config_hashes_before_issue11.jso
 # the one config on the zaq-code preset: its quantizer is now the official one, so its quant hash moves
 ZAQ_CODE_CONFIG = "cls/resnet20_cifar10_paper"
 # issue 10, on purpose: the cls default's noise baselines average 32 batches' ranges
-# (methods.<m>.a_range='ema'), in that config and the one built on it; the scene segmentors' ZAQ
-# runs 100 iterations instead of 40, and GDFQ 300 instead of 120 (its budget follows ZAQ's compute).
-# Only these method cfgs move; nothing else does.
+# (methods.<m>.a_range='ema'), in that config and the one built on it. Only these method cfgs move.
 ISSUE10_CHANGES = {f"{config}:{method}" for config in ("cls/resnet20", "cls/example_custom_model")
-                   for method in ("ptq", "dfq")} | \
-    {f"seg/{model}:{method}" for model in ("deeplabv3", "fcn")
-     for method in ("zaq", "zaq-no-feat", "zaq-no-act", "dfq+zaq", "gdfq")}
+                   for method in ("ptq", "dfq")}
 
 
 def current_hashes() -> dict[str, dict[str, str]]:

@@ -253,7 +253,9 @@ def render(results_dir: Path, warn) -> str:
         parts.append("")
     for folder, title in (("threads", "Other thread counts"), ("fresh_clone", "A fresh clone with an empty cache"),
                           ("per_tensor", "Per-tensor weights (the setting DFQ was designed for)"),
-                          ("gdfq_ablation", "GDFQ without the CE term on Q (methods.gdfq.q_ce_weight=0)")):
+                          ("gdfq_ablation", "GDFQ without the CE term on Q (methods.gdfq.q_ce_weight=0)"),
+                          ("seg_budget", "Segmentation with ZAQ at 100 iterations and GDFQ at 300 (baselines "
+                                         "as in seg.csv)")):
         for path in sorted((results_dir / folder).glob("*.csv")):
             rows = read_rows(path, warn)
             if not rows:
