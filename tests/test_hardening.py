@@ -78,6 +78,8 @@ BAD_ARGS = {
     "zaq g_betas a number": (["--cfg-options", "methods.zaq.g_betas=5"], "methods.zaq.g_betas"),
     "ptq batch 0": (["--cfg-options", "methods.ptq.batch_size=0"], "methods.ptq.batch_size"),
     "ptq zero calibration batches": (["--cfg-options", "methods.ptq.calib_batches=0"], "methods.ptq.calib_batches"),
+    "ptq unknown range rule": (["--cfg-options", "methods.ptq.a_range=mean"], "methods.ptq.a_range"),
+    "ptq range rule a number": (["--cfg-options", "methods.ptq.a_range=1"], "methods.ptq.a_range"),
     "a method section that is not a dict": (["--cfg-options", "methods.zaq=5"], "methods.zaq=5"),
     "an unknown section": (["--cfg-options", "foo.bar=1"], "foo"),
     "a typo in the task section": (["--cfg-options", "task.widht=4"], "task.widht"),

@@ -130,12 +130,12 @@ class NoisePTQ(Method):
 
     def __init__(self, **cfg: Any) -> None:
         super().__init__(**cfg)
-        if not self.cfg.get("a_range", "x"):  # added later: at its default it stays out of the hashed cfg
+        if self.cfg.get("a_range") == "":  # added later: at its default it stays out of the hashed cfg
             del self.cfg["a_range"]
 
     def check_options(self) -> None:
         super().check_options()
-        if "a_range" in self.options and self.cfg["a_range"] not in ("", *RANGE_RULES[1:]):
+        if "a_range" in self.options and self.cfg.get("a_range", "") not in ("", *RANGE_RULES[1:]):
             raise UserError(f"methods.{self.name}.a_range={self.cfg['a_range']!r} is not valid; use "
                             f"{' or '.join(repr(r) for r in RANGE_RULES[1:])}, or '' for the config's quant.a_range")
         # under torchrun every rank calibrates on its rows of each batch: fail at plan time
