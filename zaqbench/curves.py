@@ -135,4 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[zaqbench] curve rows in {out}", file=sys.stderr)
         return 0
 
-    return cli(work, unfinished="curve row")
+    code = 1
+    try:
+        code = cli(work, unfinished="curve row")
+        return code
+    finally:
+        distributed.shutdown(synchronize=code == 0)  # under torchrun, as tools/run_task.py does

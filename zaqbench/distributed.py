@@ -55,8 +55,14 @@ def init_from_env(device: torch.device, timeout_s: float = 1800) -> bool:
     return True
 
 
-def shutdown() -> None:
+def shutdown(synchronize: bool = True) -> None:
+    """Leave the process group. After a clean run every rank first waits for the others: gloo
+    aborts a process ("terminate called without an active exception") when a peer tears the
+    group down while its own threads still use it. After a failure there is no wait, since a
+    barrier could match another rank's pending collective and hang."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

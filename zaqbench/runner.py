@@ -221,10 +221,12 @@ def cli(work: Callable[[], int], unfinished: str = "result row") -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = 1
     try:
-        return cli(lambda: run(build_parser().parse_args(argv)))
+        code = cli(lambda: run(build_parser().parse_args(argv)))
+        return code
     finally:
-        distributed.shutdown()
+        distributed.shutdown(synchronize=code == 0)
 
 
 @dataclass
