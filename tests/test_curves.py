@@ -89,7 +89,7 @@ def test_probes_read_each_snapshot_of_the_curve_run(env, tmp_path):
     assert [r["d_o_initial_g"] for r in again] == [r["d_o_initial_g"] for r in written]
 
 
-def test_probes_without_a_finished_run_is_one_line(env, capsys, tmp_path):
+def test_probes_without_a_finished_run_is_one_line(env, capsys, tmp_path, monkeypatch):
     from zaqbench.probes import main as probes
 
     out = tmp_path / "probes.csv"
@@ -101,6 +101,9 @@ def test_probes_without_a_finished_run_is_one_line(env, capsys, tmp_path):
     assert not out.exists() and not (Path(env["work"]).parent / "cache" / "teachers").exists()
     assert probes([*args, "--probe-batches", "0"]) == 2
     assert "--probe-batches must be a positive integer" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun
+    assert probes(args) == 2
+    assert "runs in one process" in capsys.readouterr().err
 
 
 def test_probe_agreement_reads_the_ranking():

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
+from . import distributed
 from .checkpoint import load_file
 from .curves import curve_parser, load_snapshot, parse_int_list, trained_methods
 from .discrepancy import output_discrepancy
@@ -66,6 +67,8 @@ def run_probes(args: argparse.Namespace) -> Path:
     seeds = parse_int_list(args.seeds, "--seeds", 0) if args.seeds is not None else [args.seed]
     if args.probe_batches < 1:
         raise UserError(f"--probe-batches must be a positive integer, got {args.probe_batches}")
+    if distributed.env_world_size() > 1:  # every rank would evaluate and write the same rows
+        raise UserError("tools/probe_snapshots.py runs in one process; start it without torchrun")
     args.method = ",".join(trained_methods(args.method))
     if max(points) < 1:
         raise UserError("--points needs at least one iteration > 0")
