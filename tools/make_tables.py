@@ -21,7 +21,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from zaqbench.results import COLUMNS, NOT_APPLICABLE, read_csv_rows, read_frame  # noqa: E402
+from zaqbench.results import COLUMNS, NOT_APPLICABLE, probe_picks, read_csv_rows, read_frame  # noqa: E402
 
 TASKS = {"cls": "Classification", "det": "Detection", "seg": "Segmentation"}
 METHOD_ORDER = ["fp", "ptq", "dfq", "zeroq", "gdfq", "zaq", "dfq+zaq", "zaq-no-feat", "zaq-no-act", "real-ptq"]
@@ -224,9 +224,7 @@ def probe_section(path: Path, warn) -> list[str]:
             return f"{_fmt(row['value'], digits)} (it {int(row['iteration'])})"
 
         cells = [_fmt(g.loc[g["iteration"].idxmin(), "value"], digits), at(g.loc[g["value"].idxmax()])]
-        for col in ("d_o_initial_g", "d_o_final_g"):
-            rho = g["value"].rank().corr((-g[col]).rank())
-            cells.append(f"{at(g.loc[g[col].idxmin()])}, ρ {rho:+.2f}")
+        cells += [f"{at(picked)}, ρ {rho:+.2f}" for rho, picked in probe_picks(g).values()]
         lines.append(f"| {model} | {method} | W{wbits}A{abits} | {seed} | " + " | ".join(cells) + " |")
     return lines + [""]
 

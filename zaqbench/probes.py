@@ -28,7 +28,7 @@ from .discrepancy import output_discrepancy
 from .engine import ZAQTrainer
 from .errors import UserError
 from .methods import RunContext
-from .results import append_rows, check_writable, git_commit
+from .results import append_rows, check_writable, git_commit, probe_picks
 from .runner import REPO_ROOT, Plan, build_plan, cli, prepare_teacher, say
 
 PROBE_SEED = 20_211_111  # the probes' own draws: never the run's training RNG
@@ -112,14 +112,9 @@ def run_probes(args: argparse.Namespace) -> Path:
 
 
 def agreement(rows: pd.DataFrame) -> str:
-    """How well each probe set would pick the iterate: rank correlation of -D_o with the metric
-    (1: the lowest D_o is always the best model), and the metric of the iterate it would pick."""
-    parts = []
-    for col in ("d_o_initial_g", "d_o_final_g"):
-        rho = rows["value"].rank().corr((-rows[col]).rank())
-        picked = rows.loc[rows[col].idxmin()]
-        parts.append(f"{col}: rank correlation {rho:+.2f}, picks iteration {int(picked['iteration'])} "
-                     f"({picked['value']:.4f})")
+    """One run's :func:`probe_picks` as a line, beside the best snapshot."""
+    parts = [f"{col}: rank correlation {rho:+.2f}, picks iteration {int(picked['iteration'])} ({picked['value']:.4f})"
+             for col, (rho, picked) in probe_picks(rows).items()]
     best = rows.loc[rows["value"].idxmax()]
     return "; ".join(parts) + f"; best iteration {int(best['iteration'])} ({best['value']:.4f})"
 

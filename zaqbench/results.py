@@ -14,11 +14,14 @@ import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from filelock import FileLock
 
 from .errors import UserError
+
+if TYPE_CHECKING:  # pandas is imported where frames are made, not at import
+    import pandas as pd
 
 COLUMNS = [
     "task", "model", "dataset", "method", "wbits", "abits", "metric", "value", "fp_value",
@@ -224,8 +227,18 @@ def read_frame(path: Path, warn: Callable[[str], None]):
 
     _, lines = read_csv_rows(path, warn)
     df = pd.DataFrame([row for _, row in lines])
-    for col in ("wbits", "abits", "value", "fp_value", "seed", "iteration", "iters", "seconds",
-                "d_o_initial_g", "d_o_final_g"):
+    for col in ("wbits", "abits", "value", "fp_value", "seed", "iteration", "iters", "seconds", *PROBE_SETS):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce")
     return df.dropna(subset=[c for c in ("value", "iteration") if c in df])
+
+
+# tools/probe_snapshots.py's D_o columns; read here by the run's summary and by tools/make_tables.py
+PROBE_SETS = ("d_o_initial_g", "d_o_final_g")
+
+
+def probe_picks(rows: pd.DataFrame) -> dict[str, tuple[float, pd.Series]]:
+    """For each probe set, the rank correlation of -D_o with the metric over one run's snapshots
+    (1: the lowest D_o is always the best model) and the snapshot row its lowest D_o picks."""
+    return {col: (rows["value"].rank().corr((-rows[col]).rank()), rows.loc[rows[col].idxmin()])
+            for col in PROBE_SETS}
