@@ -195,3 +195,76 @@ def test_grid_scaled_adam_moves_each_channel_in_its_own_grid_steps():
 def test_grid_optimizer_needs_quantized_weights_only():
     with pytest.raises(UserError, match="q_optimizer"):
         ZAQConfig(q_optimizer="adam-grid")
+
+
+def _three_convs(bits: int) -> nn.Module:
+    torch.manual_seed(0)
+    q, _ = quantize_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 2, 3)),
+                          QConfig(wbits=bits, abits=bits))
+    return q
+
+
+def test_proximal_pull_penalty_is_half_squared_drift_in_grid_steps():
+    from zaqbench.trust_region import ProximalPull
+
+    q = _three_convs(4)
+    ref = q[1].weight.detach().clone()
+    step = weight_step(ref, q[1].weight_quant)
+    pull = ProximalPull(q)
+    assert len(pull.anchors) == 1  # first and last layer stay full precision
+    assert float(pull.penalty()) == 0.0
+    with torch.no_grad():
+        q[1].weight.copy_(ref + 2 * step)  # every weight two of its own steps away
+    penalty = pull.penalty()
+    assert float(penalty) == pytest.approx(0.5 * 4 * ref.numel(), rel=1e-5)
+    penalty.backward()
+    assert torch.allclose(q[1].weight.grad, (2 * step / step ** 2).expand_as(ref), rtol=1e-4)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_proximal_pull_settles_where_a_grid_step_is_worth_lambda(bits):
+    """Adam with grid-scaled updates on a linear loss c.W plus the pull settles each weight at
+    (W - W_p) / step = -c * step / lambda: a finer grid (8 bits) holds the weights closer."""
+    from zaqbench.trust_region import GridScaledUpdates, ProximalPull
+
+    q = _three_convs(bits)
+    w = q[1].weight
+    ref = w.detach().clone()
+    step = weight_step(ref, q[1].weight_quant)
+    c = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
+    four_bit = _three_convs(4)[1]  # the same weights (same seed) on the 4-bit grid
+    step4 = weight_step(four_bit.weight.detach(), four_bit.weight_quant)
+    lam = float((c.abs() * step4).median())  # one lambda: the median weight settles one step away at 4 bits
+    pull, updates = ProximalPull(q), GridScaledUpdates(q)
+    opt = torch.optim.Adam([w], lr=0.01)
+    for _ in range(3000):
+        opt.zero_grad()
+        ((c * w).sum() + lam * pull.penalty()).backward()
+        updates.remember()
+        opt.step()
+        updates.rescale()
+    drift = ((w - ref) / step).detach()
+    expected = -c * step / lam
+    assert torch.allclose(drift, expected, atol=0.05)  # Adam hovers within about lr steps of it
+    if bits == 8:  # the same lambda: 8-bit steps are about 17x smaller than 4-bit ones
+        assert float(drift.abs().median()) < 0.1
+
+
+def test_proximal_pull_needs_quantized_weights_only_and_is_checked():
+    with pytest.raises(UserError, match="q_prox_weight"):
+        ZAQConfig(q_prox_weight=1.0)
+    with pytest.raises(UserError, match="methods.zaq.q_prox_weight="):
+        ZAQConfig.from_dict({"q_prox_weight": -1.0, "q_params": "quantized-weights"})
+    # off by default, and then not part of what is hashed (older rows keep their hashes)
+    assert "q_prox_weight" not in ZAQConfig().to_dict()
+    assert ZAQConfig(q_prox_weight=0.5, q_params="quantized-weights").to_dict()["q_prox_weight"] == 0.5
+
+
+def test_trainer_with_proximal_pull_stays_closer_to_p(cls_adapter, tmp_path):
+    drifts = {}
+    for name, weight in (("free", 0.0), ("pulled", 1e3)):
+        cfg = tiny_zaq(q_params="quantized-weights", q_optimizer="adam-grid", q_lr=0.5, q_prox_weight=weight)
+        _, trainer = make_trainer(cls_adapter, tmp_path / name, cfg)
+        trainer.run()
+        drifts[name] = json.loads((tmp_path / name / "losses.jsonl").read_text().splitlines()[-1])["w_drift"]
+    assert 0 < drifts["pulled"] < drifts["free"]

@@ -44,7 +44,7 @@ from .features import forward_with_features
 from .generator import GENERATOR_OUTPUTS, Generator
 from .quant import (calibrate_activations, load_quantizer_state, quant_layers, quantizer_state,
                     set_act_observing)
-from .trust_region import GridScaledUpdates, WeightTrustRegion
+from .trust_region import GridScaledUpdates, ProximalPull, WeightTrustRegion
 from .zeroq import bn_statistics_terms
 
 
@@ -81,12 +81,13 @@ class ZAQConfig:
     q_params: str = "all"  # what Q trains: 'all' (official) | 'quantized-weights'
     q_optimizer: str = "sgd"  # 'sgd' (official) | 'adam-grid': Adam moving each weight ~q_lr grid steps
     q_trust_steps: float = 0.0  # > 0: keep Q's weights within this many quantization steps of P's
+    q_prox_weight: float = 0.0  # > 0: add this * 1/2 sum ((W_q - W_p) / step)^2 to Q's loss
     # The official code's loop (issue 11; the 'zaq-official' method sets these, README "The
     # official code, reproduced"). Fields in LATER_FIELDS: see there.
     act_ranges: str = "frozen"  # 'frozen' after calibration | 'every-forward': every Q forward widens them
     relation_guard: str = "clamp"  # D_f's norm: 'clamp' at 1e-12 | 'exact' (and stop on zero vectors) | 'safe'
 
-    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("act_ranges", "relation_guard")
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("act_ranges", "relation_guard", "q_prox_weight")
 
     def __post_init__(self) -> None:
         """Impossible values fail here, before any teacher training or method run."""
@@ -99,7 +100,7 @@ class ZAQConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise bad(name, "use a positive integer")
         for name in ("alpha", "beta", "q_lr", "q_momentum", "q_weight_decay", "g_lr", "bns_weight",
-                     "q_trust_steps"):
+                     "q_trust_steps", "q_prox_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value < 0:
@@ -118,7 +119,8 @@ class ZAQConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise bad(name, f"valid values: {', '.join(valid)}")
-        for name, on in (("q_trust_steps", bool(self.q_trust_steps)), ("q_optimizer", self.q_optimizer != "sgd")):
+        for name, on in (("q_trust_steps", bool(self.q_trust_steps)), ("q_prox_weight", bool(self.q_prox_weight)),
+                         ("q_optimizer", self.q_optimizer != "sgd")):
             if on and self.q_params == "all":
                 raise UserError(f"methods.{self.section}.{name}={getattr(self, name)!r} works on the quantized weights only; "
                                 f"set methods.{self.section}.q_params='quantized-weights' with it")
@@ -235,6 +237,7 @@ class ZAQTrainer:
         self.qmodel = distributed.global_batchnorm(qmodel) if cfg.q_bn_update else qmodel
         q_params = trainable_q_parameters(qmodel, cfg.q_params)
         self.trust_region = WeightTrustRegion(qmodel, cfg.q_trust_steps) if cfg.q_trust_steps else None
+        self.prox = ProximalPull(qmodel) if cfg.q_prox_weight else None
         self.seed = seed
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         torch.manual_seed(seed)
@@ -357,7 +360,10 @@ class ZAQTrainer:
             f"vectors no gradient (same loss values)")
 
     def update_q(self, loss_q: torch.Tensor) -> None:
-        """One optimiser step of Q on ``loss_q``, with the grid scaling and trust region if on."""
+        """One optimiser step of Q on ``loss_q``, with the proximal pull, grid scaling and trust
+        region if on."""
+        if self.prox is not None:
+            loss_q = loss_q + self.cfg.q_prox_weight * self.prox.penalty()
         self.opt_q.zero_grad(set_to_none=True)
         loss_q.backward()
         if self.grid_updates is not None:
