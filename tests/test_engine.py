@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from zaqbench.engine import DivergenceError, ZAQConfig, ZAQTrainer
+from zaqbench.errors import UserError
 from zaqbench.quant import QConfig, quantize_model
 from zaqbench.zeroq import bn_statistics_loss, distill_batch
 
@@ -36,11 +37,14 @@ def test_two_iterations_change_q_and_g_and_leave_p(cls_adapter, tmp_path):
     assert (tmp_path / "generator.pth").exists()
 
 
-def test_resume_reproduces_uninterrupted_run(cls_adapter, tmp_path):
+@pytest.mark.parametrize("options", [{}, {"q_anchor_fraction": 0.5, "calib_batches": 2}],
+                         ids=["plain", "anchor-images"])
+def test_resume_reproduces_uninterrupted_run(cls_adapter, tmp_path, options):
     teacher = cls_adapter.build_model().eval()
-    full = make_trainer(cls_adapter, teacher, tmp_path / "full", tiny_zaq(iters=4, recalibrate_at_end=False))
+    cfg = tiny_zaq(iters=4, recalibrate_at_end=False, **options)
+    full = make_trainer(cls_adapter, teacher, tmp_path / "full", cfg)
     full.run()
-    half = make_trainer(cls_adapter, teacher, tmp_path / "half", tiny_zaq(iters=4, recalibrate_at_end=False))
+    half = make_trainer(cls_adapter, teacher, tmp_path / "half", cfg)
     real_step = half.step
 
     def killed_in_third_iteration():
@@ -51,7 +55,7 @@ def test_resume_reproduces_uninterrupted_run(cls_adapter, tmp_path):
     half.step = killed_in_third_iteration
     with pytest.raises(SystemExit):
         half.run()
-    resumed = make_trainer(cls_adapter, teacher, tmp_path / "half", tiny_zaq(iters=4, recalibrate_at_end=False))
+    resumed = make_trainer(cls_adapter, teacher, tmp_path / "half", cfg)
     resumed.run(resume=True)
     assert resumed.iteration == 4
     for k, v in full.qmodel.state_dict().items():
@@ -150,3 +154,27 @@ def test_ctrl_c_handling_works_when_sigint_starts_ignored(cls_adapter, tmp_path)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_anchor_images_replace_a_share_of_each_q_batch_and_leave_the_rest_unchanged(cls_adapter, tmp_path):
+    teacher = cls_adapter.build_model().eval()
+    plain = make_trainer(cls_adapter, teacher, tmp_path / "plain", tiny_zaq(batch_size=8, calib_batches=2))
+    anchored_cfg = tiny_zaq(batch_size=8, calib_batches=2, q_anchor_fraction=0.25)
+    anchored = make_trainer(cls_adapter, teacher, tmp_path / "anchored", anchored_cfg)
+    again = make_trainer(cls_adapter, teacher, tmp_path / "again", anchored_cfg)
+    assert len(anchored.anchors) == 2 and anchored.anchors[0].shape[0] == 8
+    assert all(torch.equal(a, b) for a, b in zip(anchored.anchors, again.anchors))  # same set every time
+    assert not torch.equal(anchored.anchors[0], anchored.anchors[1])
+    # drawing the anchors touched neither the training RNG nor G's buffers
+    for k, v in plain.generator.state_dict().items():
+        assert torch.equal(v, anchored.generator.state_dict()[k]), k
+    x_plain, x_anchored = plain.q_batch(0), anchored.q_batch(1)
+    assert torch.equal(x_anchored[:6], x_plain[:6])  # 6 of 8 rows are G's, the same draw
+    assert torch.equal(x_anchored[6:], anchored.anchors[1][:2])  # 2 rows from the anchor batch for step 1
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, float("nan")])
+def test_anchor_fraction_outside_zero_one_is_refused(value):
+    with pytest.raises(UserError, match="methods.zaq.q_anchor_fraction="):
+        ZAQConfig.from_dict({"q_anchor_fraction": value})
+    assert "q_anchor_fraction" not in ZAQConfig().to_dict()  # off: not hashed, older rows keep their hashes

@@ -82,12 +82,13 @@ class ZAQConfig:
     q_optimizer: str = "sgd"  # 'sgd' (official) | 'adam-grid': Adam moving each weight ~q_lr grid steps
     q_trust_steps: float = 0.0  # > 0: keep Q's weights within this many quantization steps of P's
     q_prox_weight: float = 0.0  # > 0: add this * 1/2 sum ((W_q - W_p) / step)^2 to Q's loss
+    q_anchor_fraction: float = 0.0  # share of each Q-step batch drawn from the untrained G's images
     # The official code's loop (issue 11; the 'zaq-official' method sets these, README "The
     # official code, reproduced"). Fields in LATER_FIELDS: see there.
     act_ranges: str = "frozen"  # 'frozen' after calibration | 'every-forward': every Q forward widens them
     relation_guard: str = "clamp"  # D_f's norm: 'clamp' at 1e-12 | 'exact' (and stop on zero vectors) | 'safe'
 
-    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("act_ranges", "relation_guard", "q_prox_weight")
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("act_ranges", "relation_guard", "q_prox_weight", "q_anchor_fraction")
 
     def __post_init__(self) -> None:
         """Impossible values fail here, before any teacher training or method run."""
@@ -112,6 +113,8 @@ class ZAQConfig:
             raise bad("g_betas", "use two numbers in [0, 1)")
         if not all(isinstance(f, (int, float)) and 0 < f < 1 for f in self.lr_milestones):
             raise bad("lr_milestones", "use fractions of iters in (0, 1), or () for a constant rate")
+        if not 0 <= self.q_anchor_fraction < 1:
+            raise bad("q_anchor_fraction", "use a fraction in [0, 1)")
         if not 0 < self.lr_gamma <= 1:
             raise bad("lr_gamma", "use a factor in (0, 1]")
         choices = {"feature_weights": FEATURE_WEIGHTS, "gen_output": GENERATOR_OUTPUTS, "q_params": Q_PARAMS,
@@ -242,6 +245,7 @@ class ZAQTrainer:
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         torch.manual_seed(seed)
         self.generator = distributed.global_batchnorm(self.build_generator().to(self.device))
+        self.anchors = self._anchor_images() if cfg.q_anchor_fraction else []
         if cfg.q_optimizer == "adam-grid":
             # q_lr is in grid steps per update; weight decay would pull towards 0, not towards P
             self.opt_q = torch.optim.Adam(q_params, lr=cfg.q_lr)
@@ -284,6 +288,31 @@ class ZAQTrainer:
     def sample(self) -> torch.Tensor:
         """A training batch: through G's DistributedDataParallel wrapper, so G's gradients are averaged."""
         return self.draw(self.rng, self.g_ddp)
+
+    def _anchor_images(self) -> list[torch.Tensor]:
+        """``calib_batches`` batches (this rank's rows) from the untrained G, drawn from their own
+        RNG with G's buffers restored, so training is otherwise unchanged and a resumed run (whose
+        G is still the untrained one here, before its checkpoint is loaded) gets the same set."""
+        rng = torch.Generator(device=self.device).manual_seed(self.seed + 2_000_003)
+        buffers = {k: v.clone() for k, v in self.generator.named_buffers()}
+        self.generator.train()
+        with torch.no_grad():
+            images = [self.draw(rng) for _ in range(self.cfg.calib_batches)]
+            for name, buf in self.generator.named_buffers():
+                buf.copy_(buffers[name])
+        return images
+
+    def q_batch(self, k: int) -> torch.Tensor:
+        """The k-th Q step's batch: G's images, with ``q_anchor_fraction`` of the rows replaced by
+        images of the untrained G (the anchor set, cycled), so Q keeps matching P on ordinary
+        generated images while it learns the adversarial ones."""
+        with torch.no_grad():
+            x = self.sample()
+        if not self.anchors:
+            return x
+        n_anchor = round(self.cfg.q_anchor_fraction * x.shape[0])
+        anchor = self.anchors[(self.iteration * self.cfg.q_steps + k) % len(self.anchors)]
+        return torch.cat([x[:x.shape[0] - n_anchor], anchor[:n_anchor]])
 
     @property
     def snapshot_dir(self) -> Path:
@@ -384,8 +413,7 @@ class ZAQTrainer:
         set_act_observing(self.qmodel, cfg.act_ranges == "every-forward")
         try:
             for k in range(cfg.q_steps):
-                with torch.no_grad():
-                    x = self.sample()
+                x = self.q_batch(k)
                 d = self._discrepancy(x, p_grad=False, q_via=self.q_ddp)
                 loss_q = d["d_o"] + cfg.alpha * d["d_f"]
                 self.update_q(loss_q)
