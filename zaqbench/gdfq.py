@@ -68,7 +68,7 @@ class GDFQConfig(ZAQConfig):
 #: the ZAQConfig fields that mean something to GDFQ (alpha, beta, feature weights do not)
 GDFQ_FIELDS = (
     "iters", "q_steps", "batch_size", "nz", "generator_channels", "gen_output", "g_lr", "g_betas",
-    "q_lr", "q_momentum", "q_weight_decay", "q_optimizer", "q_params", "q_trust_steps", "q_prox_weight", "q_bn_update",
+    "q_lr", "q_momentum", "q_weight_decay", "q_optimizer", "q_params", "q_trust_steps", "q_bn_update",
     "lr_milestones", "lr_gamma", "calib_batches", "recalibrate_at_end", "checkpoint_interval",
     "bns_weight", "ce_weight", "q_ce_weight", "kd_temperature", "labels",
 )
