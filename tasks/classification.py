@@ -69,7 +69,8 @@ def _to_tensor(images_uint8: np.ndarray, channels: int, size: int,
 SECTION_FIELDS = {
     "model": {"arch", "num_classes", "in_channels", "width", "kwargs"},
     "data": {"image_size", "resize", "mean", "std", "class_map"},
-    "teacher": {"epochs", "batch_size", "lr", "momentum", "weight_decay", "seed", "max_samples", "workers"},
+    "teacher": {"epochs", "batch_size", "lr", "momentum", "weight_decay", "seed", "max_samples", "workers",
+                "threads"},
     "eval": {"batch_size", "max_samples", "subset_seed", "workers"},
 }
 #: an FP top-1 below this multiple of chance (100 / classes evaluated) gets a warning

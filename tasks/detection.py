@@ -148,7 +148,7 @@ class DetectionAdapter(TaskAdapter):
         model.pop("test_cfg", None)
         fields = ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler")
         return {"task": "det", "model": model, "data": self._data_identity(),
-                "teacher": {k: v for k, v in self.teacher_cfg.items() if k != "log_interval"},
+                "teacher": {k: v for k, v in self.teacher_cfg.items() if k not in ("log_interval", "threads")},
                 **{f: plain(self.cfg.get(f)) for f in fields}}
 
     # 2. the input ----------------------------------------------------------------------

@@ -223,7 +223,7 @@ class SegmentationAdapter(TaskAdapter):
         (not on how often it logs or how many loader workers it uses)."""
         keys = ("model", "train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler")
         teacher = {k: v for k, v in dict(self.task_cfg.get("teacher") or {}).items()
-                   if k not in ("log_interval", "num_workers")}
+                   if k not in ("log_interval", "num_workers", "threads")}
         return {"task": "seg", **{k: plain(self.cfg.get(k)) for k in keys}, "teacher": plain(teacher),
                 "data": plain(self.data_cfg), "data_root": self.data_root, "dataset": self.dataset_name}
 

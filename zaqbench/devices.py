@@ -8,6 +8,8 @@ names what exists on this machine.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -85,3 +87,18 @@ def loader_options(device: torch.device, workers: int | None = None) -> dict[str
     else:
         n, pin = (min(8, os.cpu_count() or 1) if workers is None else int(workers)), True
     return {"num_workers": n, "pin_memory": pin, "persistent_workers": n > 0}
+
+
+@contextmanager
+def pinned_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)`` (None: unchanged), restoring the
+    previous count afterwards, so nothing outlives the call."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

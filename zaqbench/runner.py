@@ -21,6 +21,7 @@ from typing import Any, Callable, NoReturn, Sequence
 import torch
 
 from . import distributed
+from .adapter import without_threads
 from .data_identity import describe as describe_dataset
 from .devices import describe, resolve_device
 from .errors import UserError
@@ -307,12 +308,20 @@ def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, A
     for name, wbits, abits in pairs:
         method = build_method(name, **method_cfgs[name])
         qconfig = method.qconfig_for(base_qconfig.with_bits(wbits, abits))
-        chash = short_hash({"model": model_name, "task": cfg.get("task"), "quant": qconfig.to_dict(),
+        chash = short_hash({"model": model_name, "task": hashed_task(cfg.get("task")), "quant": qconfig.to_dict(),
                             "method": name, "method_cfg": method.cfg, "teacher": teacher_id,
                             **({"data": adapter.data_identity()} if adapter.data_identity() else {})})
         jobs.append(Job(name, wbits, abits, qconfig, method, chash))
     return Plan(args.task, model_name, cfg, adapter, jobs, quant_cfg.get("preset", "default"), out, device,
                 cache_dir, work_root)
+
+
+def hashed_task(task: Any) -> Any:
+    """The task section as it enters a row's config hash: less ``teacher.threads``, which only
+    pins how the teacher is trained so that it comes out the same (``TaskAdapter.teacher_threads``)."""
+    if not isinstance(task, dict) or not isinstance(task.get("teacher"), dict):
+        return task
+    return {**task, "teacher": without_threads(task["teacher"])}
 
 
 def nearest_existing(path: Path) -> Path:

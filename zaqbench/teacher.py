@@ -6,10 +6,12 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .adapter import TaskAdapter
 from .checkpoint import SaveError, atomic_save, describe_key_mismatch, extract_state_dict, load_file
+from .devices import pinned_threads
 from .errors import UserError
 
 
@@ -47,7 +49,13 @@ def get_teacher(adapter: TaskAdapter, task: str, cache_dir: Path, checkpoint: st
         if path.exists():
             load_weights(adapter, model, path, trust=False)
         else:
-            adapter.train_teacher(model)
+            threads = adapter.teacher_threads
+            if threads is not None and adapter.device.type == "cpu":
+                print(f"[zaqbench] training the teacher with {threads} CPU thread(s) (task.teacher.threads; "
+                      f"this process has {torch.get_num_threads()}), so it is the same teacher on any machine",
+                      file=sys.stderr)
+            with pinned_threads(threads):
+                adapter.train_teacher(model)
             try:
                 atomic_save(model.state_dict(), path)
             except SaveError as err:  # the trained teacher still serves this run

@@ -31,7 +31,7 @@ task = dict(
     input_size=(128, 128),
     data=dict(source='scenes', num_train=4000, num_val=1000, seed=0, spec=dict(size=128)),
     eval=dict(max_samples=None),
-    teacher=dict(seed=0, log_interval=50),
+    teacher=dict(seed=0, log_interval=50, threads=1),  # threads: as retinanet.py
 )
 quant = dict(preset='default', first_fp=True, last_fp=False,
              fp_layers=['bbox_head.conv_cls', 'bbox_head.conv_reg', 'bbox_head.conv_centerness'])
