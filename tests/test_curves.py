@@ -43,6 +43,24 @@ def test_curve_rows_for_every_point_seed_and_method(env):
     assert len(runs) == 1 and len(list(runs[0].iterdir())) == 3
 
 
+def test_dry_run_trains_nothing_and_skip_existing_runs_only_missing_curves(env, capsys):
+    assert run(env, "--seeds", "0", "--points", "0,2", "--dry-run") == 0
+    listing = capsys.readouterr().out
+    assert "zaq          W4A4 seed 0" in listing and "to run (missing 0,2)" in listing and "(0/1 done)" in listing
+    assert not env["out"].exists() and not Path(env["work"]).exists()
+    assert not (Path(env["work"]).parent / "cache" / "teachers").exists()  # not even the teacher
+
+    assert run(env, "--seeds", "0", "--points", "0,2") == 0
+    assert run(env, "--seeds", "0,1", "--points", "0,2", "--dry-run") == 0
+    seed_lines = [line for line in capsys.readouterr().out.splitlines() if "W4A4 seed" in line]
+    assert seed_lines[0].endswith("done") and seed_lines[1].endswith("to run (missing 0,2)")
+    assert run(env, "--seeds", "0,1", "--points", "0,2", "--skip-existing") == 0  # seed 1 only
+    assert [(r["seed"], r["iteration"]) for r in rows(env["out"])] == [("0", "0"), ("0", "2"), ("1", "0"), ("1", "2")]
+    # a point missing from the file (same run length, so the same hash) makes its curve run again, whole
+    assert run(env, "--seeds", "0", "--points", "0,1,2", "--skip-existing") == 0
+    assert [(r["seed"], r["iteration"]) for r in rows(env["out"])][4:] == [("0", "0"), ("0", "1"), ("0", "2")]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--points", ""], "--points is empty"),
     (["--points", "0,-5"], "must be >= 0"),
@@ -101,6 +119,9 @@ def test_probes_without_a_finished_run_is_one_line(env, capsys, tmp_path, monkey
     assert not out.exists() and not (Path(env["work"]).parent / "cache" / "teachers").exists()
     assert probes([*args, "--probe-batches", "0"]) == 2
     assert "--probe-batches must be a positive integer" in capsys.readouterr().err
+    for flag in ("--dry-run", "--skip-existing"):
+        assert probes([*args, flag]) == 2
+        assert "--dry-run and --skip-existing do not apply" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun
     assert probes(args) == 2
     assert "runs in one process" in capsys.readouterr().err

@@ -22,8 +22,8 @@ from .methods import ZAQ, RunContext
 from .quant import load_quantizer_state
 from .registry import method_class
 from .run_lock import hold_run_folders
-from .results import COLUMNS, append_rows, check_writable, git_commit
-from .runner import REPO_ROOT, Plan, build_parser, build_plan, cli, prepare_teacher, result_row, say
+from .results import COLUMNS, append_rows, check_writable, git_commit, read_csv_rows, resolve_output
+from .runner import REPO_ROOT, Job, Plan, build_parser, build_plan, cli, prepare_teacher, result_row, say
 
 CURVE_COLUMNS = [c for c in COLUMNS if c not in ("iters", "seconds")]
 CURVE_COLUMNS.insert(CURVE_COLUMNS.index("metric"), "iteration")
@@ -79,6 +79,45 @@ def evaluate_snapshot(plan: Plan, ctx: RunContext, job, iteration: int) -> dict[
     return plan.adapter.evaluate(load_snapshot(plan, ctx, job, iteration))
 
 
+CurveKey = tuple[str, str, int, int, int]  # config hash, method, wbits, abits, seed
+
+
+def curve_key(job: Job, seed: int) -> CurveKey:
+    """What makes a curve unique in its file: the run's config hash (its ``iters`` is max(points)),
+    method, bits and seed."""
+    return (job.config_hash, job.method_name, job.wbits, job.abits, seed)
+
+
+def existing_points(path: Path) -> dict[CurveKey, set[int]]:
+    """Curve key -> the iterations ``path`` already has rows for; bad lines are reported and skipped."""
+    if not Path(path).exists():
+        return {}
+    done: dict[CurveKey, set[int]] = {}
+    _, rows = read_csv_rows(resolve_output(path), lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    for _, row in rows:
+        try:
+            key = (row["config_hash"], row["method"], int(row["wbits"]), int(row["abits"]), int(row["seed"]))
+            done.setdefault(key, set()).add(int(row["iteration"]))
+        except (KeyError, TypeError, ValueError):
+            continue  # a foreign line: the table tool reports it
+    return done
+
+
+def print_curve_plan(plan: Plan, seeds: list[int], points: list[int], done: dict[CurveKey, set[int]],
+                     out: Path) -> None:
+    """One line per (job, seed): whether ``out`` already has every requested point."""
+    print(f"[zaqbench] curves to {out}, points {','.join(map(str, points))}:")
+    finished = 0
+    for seed in seeds:
+        for job in plan.jobs:
+            have = done.get(curve_key(job, seed), set())
+            missing = [p for p in points if p not in have]
+            finished += not missing
+            status = "done" if not missing else f"to run (missing {','.join(map(str, missing))})"
+            print(f"  {job.method_name:12s} W{job.wbits}A{job.abits} seed {seed}  [{job.config_hash}]  {status}")
+    print(f"  ({finished}/{len(seeds) * len(plan.jobs)} done)")
+
+
 def run_curves(args: argparse.Namespace) -> Path:
     points = parse_int_list(args.points, "--points", 0)
     seeds = parse_int_list(args.seeds, "--seeds", 0) if args.seeds is not None else [args.seed]
@@ -91,36 +130,46 @@ def run_curves(args: argparse.Namespace) -> Path:
     plan = build_plan(args, method_overrides={m: {"iters": iters} for m in args.method.split(",")})
     out = Path(out_arg) if out_arg else REPO_ROOT / "results" / "curves" / f"{plan.task}_{plan.model_name}.csv"
     check_writable(out, CURVE_COLUMNS)
+    done = existing_points(out) if args.dry_run or args.skip_existing else {}
+    if args.dry_run:
+        print_curve_plan(plan, seeds, points, done, out)
+        return out
+    runs = [(seed, job) for seed in seeds for job in plan.jobs]
+    if args.skip_existing:  # a curve counts as done when every requested point has a row
+        runs = [(seed, job) for seed, job in runs if not set(points) <= done.get(curve_key(job, seed), set())]
+        if not runs:
+            print(f"[zaqbench] every requested curve already has its points in {out}", file=sys.stderr)
+            return out
 
     # rank 0 holds the run folders and writes the rows for all ranks of a torchrun launch
-    run_dirs = sorted({plan.run_dir(job, seed) for seed in seeds for job in plan.jobs}) if distributed.is_main() else []
+    run_dirs = sorted({plan.run_dir(job, seed) for seed, job in runs}) if distributed.is_main() else []
     with hold_run_folders(run_dirs):  # the same curve run twice at once would share run folders
-        write_curves(plan, args, seeds, points, out)
+        write_curves(plan, args, runs, points, out)
     return out
 
 
-def write_curves(plan: Plan, args: argparse.Namespace, seeds: list[int], points: list[int], out: Path) -> None:
-    """Train each (job, seed) once to max(points) and append its whole curve to ``out``."""
+def write_curves(plan: Plan, args: argparse.Namespace, runs: list[tuple[int, Job]], points: list[int],
+                 out: Path) -> None:
+    """Train each (seed, job) once to max(points) and append its whole curve to ``out``."""
     iters = max(points)
     teacher, fp_metrics = prepare_teacher(plan, args)
     fp_value = fp_metrics[plan.adapter.metric]
     commit = git_commit(config=Path(plan.cfg.filename))
-    for seed in seeds:
-        for job in plan.jobs:
-            ctx = RunContext(plan.adapter, teacher, job.qconfig, seed, plan.run_dir(job, seed), args.resume,
-                             not args.no_progress and distributed.is_main(), snapshot_iters=tuple(points))
-            say(f"[zaqbench] curve: {job.method_name} W{job.wbits}A{job.abits} seed {seed}, {iters} iterations")
-            torch.manual_seed(seed)
-            result = job.method.run(ctx)
-            rows: list[dict[str, Any]] = []
-            for it in points:
-                metrics = evaluate_snapshot(plan, ctx, job, it)
-                row = result_row(plan, job, seed, metrics, fp_value, result.calib_data, True, commit)
-                row.update(iteration=it, cfg_options=";".join(args.cfg_options))
-                rows.append(row)
-                say(f"[zaqbench]   iteration {it:5d}: {plan.adapter.metric} = {row['value']:.4f}")
-            if distributed.is_main():
-                append_rows(out, rows, CURVE_COLUMNS)  # the whole curve of a run, or nothing
+    for seed, job in runs:
+        ctx = RunContext(plan.adapter, teacher, job.qconfig, seed, plan.run_dir(job, seed), args.resume,
+                         not args.no_progress and distributed.is_main(), snapshot_iters=tuple(points))
+        say(f"[zaqbench] curve: {job.method_name} W{job.wbits}A{job.abits} seed {seed}, {iters} iterations")
+        torch.manual_seed(seed)
+        result = job.method.run(ctx)
+        rows: list[dict[str, Any]] = []
+        for it in points:
+            metrics = evaluate_snapshot(plan, ctx, job, it)
+            row = result_row(plan, job, seed, metrics, fp_value, result.calib_data, True, commit)
+            row.update(iteration=it, cfg_options=";".join(args.cfg_options))
+            rows.append(row)
+            say(f"[zaqbench]   iteration {it:5d}: {plan.adapter.metric} = {row['value']:.4f}")
+        if distributed.is_main():
+            append_rows(out, rows, CURVE_COLUMNS)  # the whole curve of a run, or nothing
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,7 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def work() -> int:
         out = run_curves(args)
-        if not args.no_plot:
+        if args.dry_run:
+            return 0
+        if not args.no_plot and out.exists():
             from .plots import plot_curves
 
             print(f"[zaqbench] plot: {plot_curves(out)}", file=sys.stderr)

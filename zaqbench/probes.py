@@ -65,6 +65,9 @@ def draw_probes(plan: Plan, trainer: ZAQTrainer, teacher: torch.nn.Module, gener
 def run_probes(args: argparse.Namespace) -> Path:
     points = parse_int_list(args.points, "--points", 0)
     seeds = parse_int_list(args.seeds, "--seeds", 0) if args.seeds is not None else [args.seed]
+    if args.dry_run or args.skip_existing:  # shared with budget_curve's parser; nothing here to plan or skip
+        raise UserError("tools/probe_snapshots.py only reads a finished curve run's snapshots; "
+                        "--dry-run and --skip-existing do not apply: drop them")
     if args.probe_batches < 1:
         raise UserError(f"--probe-batches must be a positive integer, got {args.probe_batches}")
     if distributed.env_world_size() > 1:  # every rank would evaluate and write the same rows
