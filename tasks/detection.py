@@ -102,6 +102,7 @@ class DetectionAdapter(TaskAdapter):
         self.data_cfg: dict[str, Any] = dict(self.task_cfg.get("data", {}))
         self.eval_cfg: dict[str, Any] = dict(self.task_cfg.get("eval", {}))
         self.teacher_cfg: dict[str, Any] = dict(self.task_cfg.get("teacher", {}))
+        self._test_loader: Any = None  # built on the first evaluate, then reused (budget curves evaluate often)
         self._check_input_size()
 
     # 1. the model ------------------------------------------------------------------
@@ -177,14 +178,9 @@ class DetectionAdapter(TaskAdapter):
     # 5. the score -------------------------------------------------------------------------
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """COCO bbox mAP with mmdet's ``CocoMetric`` over the config's test dataloader."""
-        from mmengine.runner import Runner
-
-        dataset = self._dataset("test", self.eval_cfg.get("max_samples"))
-        with mmdet_scope(), quiet_unless(self.progress):
-            loader_cfg = plain(self.cfg.test_dataloader)
-            if self.device.type == "cuda":  # worker processes and pinned memory overlap loading with compute
-                loader_cfg.update(loader_options(self.device, loader_cfg.get("num_workers")))
-            loader = Runner.build_dataloader(dict(loader_cfg, dataset=dataset))
+        loader = self._test_dataloader()
+        dataset = loader.dataset
+        with mmdet_scope(), quiet_unless(self.progress):  # pycocotools reads the annotations again
             evaluator = self._evaluator(dataset)
         was_training = model.training
         model.eval()
@@ -200,6 +196,20 @@ class DetectionAdapter(TaskAdapter):
         if self.metric not in metrics:  # mmdet reports nothing when no image has a single box: AP 0
             metrics = {f"bbox_mAP{suffix}": 0.0 for suffix in COCO_SUFFIXES}
         return metrics
+
+    def _test_dataloader(self):
+        """The test split's loader, built once per adapter: parsing the COCO annotations and
+        building the dataset is the same work at every evaluation of a run or curve."""
+        if self._test_loader is None:
+            from mmengine.runner import Runner
+
+            dataset = self._dataset("test", self.eval_cfg.get("max_samples"))
+            with mmdet_scope(), quiet_unless(self.progress):
+                loader_cfg = plain(self.cfg.test_dataloader)
+                if self.device.type == "cuda":  # worker processes and pinned memory overlap loading with compute
+                    loader_cfg.update(loader_options(self.device, loader_cfg.get("num_workers")))
+                self._test_loader = Runner.build_dataloader(dict(loader_cfg, dataset=dataset))
+        return self._test_loader
 
     def _evaluator(self, dataset):
         """The config's ``test_evaluator``, pointed at the test dataset's annotations

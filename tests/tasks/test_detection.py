@@ -165,6 +165,17 @@ def test_a_perfect_detector_scores_one_also_on_a_subset(adapter, cache_dir):
     assert make_adapter(cfg, cache_dir).evaluate(Oracle())["bbox_mAP"] == 1.0
 
 
+def test_repeated_evaluations_build_the_test_set_once_and_do_not_mix(cache_dir, model, monkeypatch):
+    fresh = make_adapter(tiny_cfg(), cache_dir)
+    built = []
+    original = type(fresh)._dataset
+    monkeypatch.setattr(type(fresh), "_dataset", lambda self, *a, **k: built.append(a) or original(self, *a, **k))
+    first = fresh.evaluate(model)
+    assert fresh.evaluate(Oracle())["bbox_mAP"] == 1.0  # no detections of the previous model left over
+    assert fresh.evaluate(model) == first
+    assert built == [("test", None)]
+
+
 # -- the teacher --------------------------------------------------------------------------
 def test_train_teacher_runs_mmengine_runner_and_trains_bn(adapter, capfd):
     torch.manual_seed(0)
