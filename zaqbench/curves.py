@@ -22,8 +22,9 @@ from .methods import ZAQ, RunContext
 from .quant import load_quantizer_state
 from .registry import method_class
 from .run_lock import hold_run_folders
-from .results import COLUMNS, append_rows, check_writable, git_commit, read_csv_rows, resolve_output
-from .runner import REPO_ROOT, Job, Plan, build_parser, build_plan, cli, prepare_teacher, result_row, say
+from .results import COLUMNS, append_rows, check_writable, git_commit
+from .runner import (REPO_ROOT, Job, Plan, build_parser, build_plan, cli, keyed_rows, prepare_teacher,
+                     result_row, row_key, say)
 
 CURVE_COLUMNS = [c for c in COLUMNS if c not in ("iters", "seconds")]
 CURVE_COLUMNS.insert(CURVE_COLUMNS.index("metric"), "iteration")
@@ -79,13 +80,7 @@ def evaluate_snapshot(plan: Plan, ctx: RunContext, job, iteration: int) -> dict[
     return plan.adapter.evaluate(load_snapshot(plan, ctx, job, iteration))
 
 
-CurveKey = tuple[str, str, int, int, int]  # config hash, method, wbits, abits, seed
-
-
-def curve_key(job: Job, seed: int) -> CurveKey:
-    """What makes a curve unique in its file: the run's config hash (its ``iters`` is max(points)),
-    method, bits and seed."""
-    return (job.config_hash, job.method_name, job.wbits, job.abits, seed)
+CurveKey = tuple[str, str, int, int, int]  # Job.key: config hash (its iters is max(points)), method, bits, seed
 
 
 def existing_points(path: Path) -> dict[CurveKey, set[int]]:
@@ -93,11 +88,9 @@ def existing_points(path: Path) -> dict[CurveKey, set[int]]:
     if not Path(path).exists():
         return {}
     done: dict[CurveKey, set[int]] = {}
-    _, rows = read_csv_rows(resolve_output(path), lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    for _, row in rows:
+    for row in keyed_rows(path):
         try:
-            key = (row["config_hash"], row["method"], int(row["wbits"]), int(row["abits"]), int(row["seed"]))
-            done.setdefault(key, set()).add(int(row["iteration"]))
+            done.setdefault(row_key(row), set()).add(int(row["iteration"]))
         except (KeyError, TypeError, ValueError):
             continue  # a foreign line: the table tool reports it
     return done
@@ -110,7 +103,7 @@ def print_curve_plan(plan: Plan, seeds: list[int], points: list[int], done: dict
     finished = 0
     for seed in seeds:
         for job in plan.jobs:
-            have = done.get(curve_key(job, seed), set())
+            have = done.get(job.key(seed), set())
             missing = [p for p in points if p not in have]
             finished += not missing
             status = "done" if not missing else f"to run (missing {','.join(map(str, missing))})"
@@ -136,7 +129,7 @@ def run_curves(args: argparse.Namespace) -> Path:
         return out
     runs = [(seed, job) for seed in seeds for job in plan.jobs]
     if args.skip_existing:  # a curve counts as done when every requested point has a row
-        runs = [(seed, job) for seed, job in runs if not set(points) <= done.get(curve_key(job, seed), set())]
+        runs = [(seed, job) for seed, job in runs if not set(points) <= done.get(job.key(seed), set())]
         if not runs:
             print(f"[zaqbench] every requested curve already has its points in {out}", file=sys.stderr)
             return out

@@ -514,14 +514,23 @@ def existing_runs(path: Path) -> dict[tuple, float]:
     if not Path(path).exists():
         return {}
     done: dict[tuple, float] = {}
-    _, rows = read_csv_rows(resolve_output(path), lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    for _, row in rows:
+    for row in keyed_rows(path):
         try:
-            key = (row["config_hash"], row["method"], int(row["wbits"]), int(row["abits"]), int(row["seed"]))
-            done[key] = float(row["seconds"])
+            done[row_key(row)] = float(row["seconds"])
         except (KeyError, TypeError, ValueError):
             continue  # a foreign line: the table tool reports it
     return done
+
+
+def keyed_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a results CSV; bad lines are reported as ``file:line`` and skipped."""
+    _, rows = read_csv_rows(resolve_output(path), lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    return [row for _, row in rows]
+
+
+def row_key(row: dict[str, str]) -> tuple[str, str, int, int, int]:
+    """A CSV row's ``Job.key``: config hash, method, bits and seed (KeyError/ValueError if foreign)."""
+    return (row["config_hash"], row["method"], int(row["wbits"]), int(row["abits"]), int(row["seed"]))
 
 
 def print_plan(plan: list[Job], done: dict[tuple, float], seed: int) -> None:

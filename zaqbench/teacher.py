@@ -49,8 +49,8 @@ def get_teacher(adapter: TaskAdapter, task: str, cache_dir: Path, checkpoint: st
         if path.exists():
             load_weights(adapter, model, path, trust=False)
         else:
-            threads = adapter.teacher_threads
-            if threads is not None and adapter.device.type == "cpu":
+            threads = adapter.teacher_threads if adapter.device.type == "cpu" else None  # a CPU setting
+            if threads is not None:
                 print(f"[zaqbench] training the teacher with {threads} CPU thread(s) (task.teacher.threads; "
                       f"this process has {torch.get_num_threads()}), so it is the same teacher on any machine",
                       file=sys.stderr)
