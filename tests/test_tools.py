@@ -109,15 +109,20 @@ def test_curve_tables_show_mean_and_std_per_iteration(tmp_path):
     def crow(seed, iteration, value, options=""):
         base = {c: "x" for c in CURVE_COLUMNS}
         base.update(task="cls", model="m", method="zaq", wbits=4, abits=4, metric="top1", seed=seed,
-                    iteration=iteration, value=value, fp_value=90.0, cfg_options=options)
+                    iteration=iteration, value=value, fp_value=90.0, cfg_options=options,
+                    commit="abcdef0123" if seed == 0 else "1234567890")
         return base
 
     rows = [crow(s, it, v) for s, vals in enumerate([(80.0, 85.0), (82.0, 87.0)]) for it, v in zip((0, 40), vals)]
     rows.append(crow(0, 0, 70.0, "methods.zaq.bns_weight=0.0"))
     append_rows(tmp_path / "curves" / "cls_m.csv", rows, CURVE_COLUMNS)
+    # any CSV in ablations/ is a curve table too (e.g. the recipe's curves from before a change)
+    append_rows(tmp_path / "ablations" / "cls_before.csv", [crow(0, 0, 60.0)], CURVE_COLUMNS)
     text = render(tmp_path, lambda _: None)
-    assert "| m | zaq | W4A4 | (config as is) | 81.00 ± 1.41 (2) | 86.00 ± 1.41 (2) |" in text
+    # rows without run options name the commit(s) whose config they ran
+    assert "| m | zaq | W4A4 | (config as is at 1234567, abcdef0) | 81.00 ± 1.41 (2) | 86.00 ± 1.41 (2) |" in text
     assert "| m | zaq | W4A4 | bns_weight=0.0 | 70.00 | – |" in text
+    assert "### cls_before" in text and "| m | zaq | W4A4 | (config as is at abcdef0) | 60.00 |" in text
 
 
 def test_probe_tables_say_which_snapshot_each_probe_set_would_pick(tmp_path):

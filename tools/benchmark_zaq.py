@@ -28,10 +28,11 @@ def measure(args: argparse.Namespace, quant_on: bool) -> dict:
     import torch
 
     import tasks  # noqa: F401
-    from zaqbench.engine import ZAQConfig, ZAQTrainer
+    import zaqbench.methods  # noqa: F401 - registers the methods
+    from zaqbench.engine import ZAQTrainer
     from zaqbench.quant import QConfig, quantize_model, set_quantization
     from zaqbench.devices import resolve_device
-    from zaqbench.registry import build_task
+    from zaqbench.registry import build_method, build_task
     from zaqbench.runner import REPO_ROOT, config_path, default_cache_dir, load_config, parse_cfg_options
 
     torch.manual_seed(0)
@@ -42,9 +43,11 @@ def measure(args: argparse.Namespace, quant_on: bool) -> dict:
                          cache_dir=default_cache_dir(), device=device)
     teacher = adapter.build_model().eval()
     qmodel, _ = quantize_model(teacher, QConfig.from_dict(dict(cfg.get("quant", {}))).with_bits(args.bits, args.bits))
-    # the model config's own ZAQ settings (pooling, generator width...), with the benchmark's batch
-    zcfg = ZAQConfig.from_dict({**dict(cfg.get("methods", {}).get("zaq", {})), "batch_size": args.batch_size,
-                                "iters": args.warmup + args.iters, "q_steps": args.q_steps})
+    # the model config's own ZAQ settings (pooling, generator width...), with the benchmark's batch,
+    # as a job at the benchmark's bit width runs them (the recipe's bit-width rule resolved)
+    zaq = build_method("zaq", **{**dict(cfg.get("methods", {}).get("zaq", {})), "batch_size": args.batch_size,
+                                 "iters": args.warmup + args.iters, "q_steps": args.q_steps})
+    zcfg = zaq.for_bits(args.bits, args.bits).zaq_config()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = ZAQTrainer(adapter, teacher, qmodel, zcfg, Path(tmp), seed=0, progress=False)
         trainer.calibrate(1)

@@ -199,7 +199,9 @@ def curve_section(path: Path, title: str, warn) -> list[str]:
                 cells.append(f"{_fmt(values.mean(), digits)} ± {_fmt(values.std(ddof=1), digits)} ({len(values)})")
             else:
                 cells.append(_fmt(values.iloc[0], digits))
-        shown = options.replace("methods.zaq.", "") or "(config as is)"
+        # no run options: the config as it was at the rows' commit(s), which a later change may have moved on
+        shown = options.replace("methods.zaq.", "") or \
+            f"(config as is at {', '.join(sorted(set(g['commit'].astype(str).str[:7])))})"
         lines.append(f"| {model} | {method} | {bits} | {shown} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -264,7 +266,7 @@ def render(results_dir: Path, warn) -> str:
     curve_files = sorted((results_dir / "curves").glob("*.csv"))
     probes = [path for path in curve_files if path.name.startswith("probes_")]
     curves = [path for path in curve_files if path not in probes] + \
-        sorted((results_dir / "ablations").glob("*_stabilisers.csv"))
+        sorted((results_dir / "ablations").glob("*.csv"))
     if curves:
         parts += ["## Budget curves and stabiliser ablations", "",
                   "Written by `tools/budget_curve.py`: one run of max(points) iterations per seed, "

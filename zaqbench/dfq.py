@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import UserError
-from .engine import ZAQConfig
 from .methods import ZAQ, MethodOutput, NoisePTQ, RunContext
 from .quant import QConfig, calibrate_activations, quantize_model
 from .quant.bn_fold import bn_scale
@@ -311,6 +310,7 @@ class DFQThenZAQ(ZAQ):
 
     name = "dfq+zaq"
     options = {**ZAQ.options, **DFQ_OPTIONS}
+    method_only_options = (*ZAQ.method_only_options, *DFQ_OPTIONS)
 
     def check_options(self) -> None:
         _check_dfq_options(self.cfg, self.name)
@@ -319,8 +319,6 @@ class DFQThenZAQ(ZAQ):
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), **{key: self.cfg[key] for key in DFQ_OPTIONS}}
 
-    def zaq_config(self) -> ZAQConfig:
-        return ZAQConfig.from_dict({k: v for k, v in {**self.cfg, **self.overrides}.items() if k not in DFQ_OPTIONS})
 
     def quantize(self, ctx: RunContext) -> nn.Module:
         return _dfq_qmodel(self.cfg, ctx)

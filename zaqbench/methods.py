@@ -22,6 +22,7 @@ from .engine import ZAQConfig, ZAQTrainer
 from .errors import UserError
 from .quant import QConfig, calibrate_activations, quantize_model
 from .quant.fake_quant import RANGE_RULES
+from .bit_rules import WBITS_RULES, check_wbits_rules, cumulative_rule_options, options_at
 from .registry import METHODS
 from .zeroq import distill_batch
 
@@ -93,6 +94,11 @@ class Method:
     def run(self, ctx: RunContext) -> MethodOutput:
         raise NotImplementedError
 
+    def for_bits(self, wbits: int, abits: int) -> "Method":
+        """This method as it runs at these bit widths (a method whose options depend on the bit
+        width returns a copy with them resolved; its ``cfg`` is what the job's hash takes)."""
+        return self
+
     def qconfig_for(self, qconfig: QConfig) -> QConfig:
         """The quantization protocol this method runs with: the config's, unless a method option
         changes part of it (the row's protocol columns are taken from what this returns)."""
@@ -162,6 +168,11 @@ class NoisePTQ(Method):
             ctx.calib_cache[key] = list(self.batches(ctx))
         return ctx.calib_cache[key]
 
+    def for_bits(self, wbits: int, abits: int) -> "Method":
+        """This method as it runs at these bit widths (a method whose options depend on the bit
+        width returns a copy with them resolved; its ``cfg`` is what the job's hash takes)."""
+        return self
+
     def qconfig_for(self, qconfig: QConfig) -> QConfig:
         rule = self.cfg.get("a_range", "")
         return replace(qconfig, a_range=rule) if rule else qconfig
@@ -215,28 +226,49 @@ class ZAQ(Method):
     """Zero-shot adversarial quantization (Liu, Zhang, Wang, CVPR 2021)."""
 
     name = "zaq"
-    options = {f.name: getattr(ZAQConfig(), f.name) for f in fields(ZAQConfig)}
-    protocol_options = tuple(f for f in options if f != "checkpoint_interval")  # resuming gives the same Q
+    # wbits_rules: options that apply from a weight bit width up, e.g. [dict(min_wbits=6,
+    # q_prox_weight=1e-3)]; resolved per job by ``for_bits``, so a job's hashed cfg holds the
+    # options it runs with and never the rules (bit_rules.py)
+    options = {**{f.name: getattr(ZAQConfig(), f.name) for f in fields(ZAQConfig)}, WBITS_RULES: ()}
+    protocol_options = tuple(f for f in options if f not in ("checkpoint_interval", WBITS_RULES))  # resuming gives the same Q
+    # options of this method that are not the engine's (ZAQConfig) own
+    method_only_options: tuple[str, ...] = (WBITS_RULES,)
     overrides: dict[str, Any] = {}
 
     def __init__(self, **cfg: Any) -> None:
+        self.explicit = dict(cfg)  # the config section as given: what a wbits rule must not contradict
         super().__init__(**cfg)
-        # options added later (ZAQConfig.LATER_FIELDS) enter the hashed cfg only when set otherwise
+        # options added later (ZAQConfig.LATER_FIELDS, wbits_rules) enter the hashed cfg only when set otherwise
         self.cfg = ZAQConfig.without_later_defaults(self.cfg)
+        if not self.cfg[WBITS_RULES]:
+            del self.cfg[WBITS_RULES]
 
     def check_options(self) -> None:
         # impossible values, and a global batch the torchrun ranks cannot share, fail when the
         # plan is built, before any work
+        rules = check_wbits_rules(self.cfg.get(WBITS_RULES, ()), self.explicit, self.name,
+                                  set(self.options) - {WBITS_RULES})
         cfg = self.zaq_config()  # ZAQConfig checks every option's type and range
+        for options in cumulative_rule_options(rules):  # and so at every bit width the rules give
+            self.zaq_config({**self.cfg, **options})
         distributed.local_batch(cfg.batch_size, f"methods.{self.name}.batch_size")
+
+    def for_bits(self, wbits: int, abits: int) -> "ZAQ":
+        rules = self.cfg.get(WBITS_RULES)
+        if not rules:
+            return self
+        cfg = {key: value for key, value in self.cfg.items() if key != WBITS_RULES}
+        return type(self)(**{**cfg, **options_at(rules, wbits)})
 
     def settings(self) -> dict[str, Any]:
         """As run: an ablation's override (alpha=0, beta=0) is what the row records."""
         cfg = self.zaq_config()
         return ZAQConfig.without_later_defaults({key: getattr(cfg, key) for key in self.protocol_options})
 
-    def zaq_config(self) -> ZAQConfig:
-        return ZAQConfig.from_dict({**self.cfg, **self.overrides})
+    def zaq_config(self, cfg: dict[str, Any] | None = None) -> ZAQConfig:
+        """The engine's config from this method's options (``self.cfg`` unless given)."""
+        merged = {**(self.cfg if cfg is None else cfg), **self.overrides}
+        return ZAQConfig.from_dict({k: v for k, v in merged.items() if k not in self.method_only_options})
 
     def run(self, ctx: RunContext) -> MethodOutput:
         cfg = self.zaq_config()

@@ -306,7 +306,7 @@ def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, A
     pairs += [(name, w, a) for (w, a) in bit_pairs for name in methods if name != "fp"]
     jobs = []
     for name, wbits, abits in pairs:
-        method = build_method(name, **method_cfgs[name])
+        method = build_method(name, **method_cfgs[name]).for_bits(wbits, abits)  # bit-width rules resolved
         qconfig = method.qconfig_for(base_qconfig.with_bits(wbits, abits))
         chash = short_hash({"model": model_name, "task": hashed_task(cfg.get("task")), "quant": qconfig.to_dict(),
                             "method": name, "method_cfg": method.cfg, "teacher": teacher_id,

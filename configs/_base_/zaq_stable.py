@@ -13,6 +13,11 @@ zaq_stable = dict(
     gen_output='valid-range',  # generated images stay within the pixel range real images have
     bns_weight=0.1,  # a BN-statistics prior keeps them on P's feature statistics
     q_params='quantized-weights', q_trust_steps=1.0,  # Q's weights move at most one grid step from P's
+    # At fine grids (W >= 6 bits), where Q starts close to P and the adversarial images pull it off:
+    # a proximal pull to P's weights (P) and half of each Q-step batch from the untrained G's images
+    # (A). Both cost accuracy at 4 bits, where Q must move, so they stop there (README, "The bit-width
+    # rule"). methods.zaq.wbits_rules=[] runs the recipe without them.
+    wbits_rules=[dict(min_wbits=6, q_prox_weight=1e-3, q_anchor_fraction=0.5)],
 )
 methods = {'zaq': zaq_stable, 'zaq-no-feat': zaq_stable, 'zaq-no-act': zaq_stable}
 # DFQ as ZAQ's starting point (issue 14) trains exactly like ZAQ.

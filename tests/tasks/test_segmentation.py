@@ -21,6 +21,8 @@ from zaqbench.engine import ZAQConfig, ZAQTrainer  # noqa: E402
 from zaqbench.errors import UserError  # noqa: E402
 from zaqbench.features import forward_with_features  # noqa: E402
 from zaqbench.quant import QConfig, quantize_model  # noqa: E402
+from zaqbench.registry import build_method  # noqa: E402
+import zaqbench.methods  # noqa: E402,F401 - registers the methods
 from zaqbench.teacher import load_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,9 +206,12 @@ def test_stock_deeplabv3_r50_config_builds_quantizes_and_runs_an_engine_iteratio
     q, info = quantize_model(model, QConfig.from_dict(dict(cfg.quant)))
     assert info["full_precision"] == ["backbone.stem.0", "decode_head.conv_seg"]
     assert "auxiliary_head.conv_seg" in info["quantized"]
-    # the config's own (stable) recipe at a tiny size
-    zaq = ZAQConfig.from_dict({**dict(cfg.methods.zaq), "iters": 1, "q_steps": 1, "batch_size": 2, "nz": 8,
-                               "generator_channels": 8, "calib_batches": 1, "checkpoint_interval": 1})
+    # the config's own (stable) recipe at a tiny size, as a W8 job runs it (the bit-width rule's
+    # weight pull and anchor images on)
+    zaq = build_method("zaq", **{**dict(cfg.methods.zaq), "iters": 1, "q_steps": 1, "batch_size": 2, "nz": 8,
+                                 "generator_channels": 8, "calib_batches": 1,
+                                 "checkpoint_interval": 1}).for_bits(8, 8).zaq_config()
+    assert zaq.q_anchor_fraction == 0.5 and zaq.q_prox_weight > 0
     trainer = ZAQTrainer(adapter, model, q, zaq, tmp_path / "zaq", seed=0, progress=False)
     trainer.calibrate(1)  # what run() does first
     losses = trainer.step()
