@@ -173,3 +173,7 @@ def test_rankings_say_whether_a_fresh_clone_reproduces_them(tmp_path):
     append_rows(tmp_path / "fresh_clone" / "cls.csv", seeds("zaq", [70.0, 71.0, 70.5]) + seeds("ptq", [70.2, 71.1, 70.4]))
     text = render(tmp_path, lambda msg: None)
     assert "| m | W4A4 | ptq | +20.00 | 0.50 | 3/3 | zaq ahead | within the seed spread (differs) |" in text
+    # rows of another config (here: ZAQ rerun with a new budget) are not the fresh clone's check of it
+    append_rows(tmp_path / "cls.csv", [{**row, "config_hash": "new"} for row in seeds("zaq", [80.0, 81.0, 80.5])])
+    text = render(tmp_path, lambda msg: None)
+    assert "| m | W4A4 | ptq | +20.00 | 0.50 | 3/3 | zaq ahead | not run (this config) |" in text

@@ -156,6 +156,10 @@ def ranking_lines(df: pd.DataFrame, fresh: pd.DataFrame | None = None, reference
     """The rankings of ``df``; with ``fresh`` (the same task's rows from a fresh clone) each line also
     says whether the fresh clone reproduces the verdict: a claim stands only where both agree."""
     found = rankings(df, reference)
+    if fresh is not None:  # only rows of the same configs: a fresh row of an older config checks nothing here
+        configs = set(zip(df["method"], df["wbits"].astype(str), df["abits"].astype(str), df["config_hash"]))
+        fresh = fresh[[key in configs for key in zip(fresh["method"], fresh["wbits"].astype(str),
+                                                     fresh["abits"].astype(str), fresh["config_hash"])]]
     again = rankings(fresh, reference) if fresh is not None and not fresh.empty else None
     digits = 3 if df["fp_value"].abs().max() <= 1 else 2
     lines = []
@@ -163,7 +167,7 @@ def ranking_lines(df: pd.DataFrame, fresh: pd.DataFrame | None = None, reference
         line = f"| {model} | {bits} | {method} | {gap:+.{digits}f} | {spread:.{digits}f} | {seeds} | {reference} {verdict} |"
         if again is not None:
             there = again.get((model, bits, method))
-            line += f" {there[3] + (' (same)' if there[3] == verdict else ' (differs)') if there else 'not run'} |"
+            line += f" {there[3] + (' (same)' if there[3] == verdict else ' (differs)') if there else 'not run (this config)'} |"
         lines.append(line)
     if not lines:
         return []
