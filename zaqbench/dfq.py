@@ -319,7 +319,6 @@ class DFQThenZAQ(ZAQ):
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), **{key: self.cfg[key] for key in DFQ_OPTIONS}}
 
-
     def quantize(self, ctx: RunContext) -> nn.Module:
         return _dfq_qmodel(self.cfg, ctx)
 

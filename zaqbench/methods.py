@@ -18,11 +18,11 @@ from torch import nn
 
 from . import distributed
 from .adapter import TaskAdapter
+from .bit_rules import WBITS_RULES, check_wbits_rules, cumulative_rule_options, options_at
 from .engine import ZAQConfig, ZAQTrainer
 from .errors import UserError
 from .quant import QConfig, calibrate_activations, quantize_model
 from .quant.fake_quant import RANGE_RULES
-from .bit_rules import WBITS_RULES, check_wbits_rules, cumulative_rule_options, options_at
 from .registry import METHODS
 from .zeroq import distill_batch
 
@@ -167,11 +167,6 @@ class NoisePTQ(Method):
         else:
             ctx.calib_cache[key] = list(self.batches(ctx))
         return ctx.calib_cache[key]
-
-    def for_bits(self, wbits: int, abits: int) -> "Method":
-        """This method as it runs at these bit widths (a method whose options depend on the bit
-        width returns a copy with them resolved; its ``cfg`` is what the job's hash takes)."""
-        return self
 
     def qconfig_for(self, qconfig: QConfig) -> QConfig:
         rule = self.cfg.get("a_range", "")
