@@ -123,6 +123,24 @@ def test_curve_tables_show_mean_and_std_per_iteration(tmp_path):
     assert "| m | zaq | W4A4 | (config as is at 1234567, abcdef0) | 81.00 ± 1.41 (2) | 86.00 ± 1.41 (2) |" in text
     assert "| m | zaq | W4A4 | bns_weight=0.0 | 70.00 | – |" in text
     assert "### cls_before" in text and "| m | zaq | W4A4 | (config as is at abcdef0) | 60.00 |" in text
+    # curves that only rise show no drop
+    assert "| +0.00 (s0), +0.00 (s1) |" in text
+
+
+def test_curve_tables_show_each_seeds_worst_drop_below_iteration_0(tmp_path):
+    from zaqbench.curves import CURVE_COLUMNS
+
+    def crow(seed, iteration, value):
+        base = {c: "x" for c in CURVE_COLUMNS}
+        base.update(task="seg", model="m", method="zaq", wbits=6, abits=6, metric="mIoU", seed=seed,
+                    iteration=iteration, value=value, fp_value=43.0, cfg_options="", commit="abcdef0123")
+        return base
+
+    curves = {0: (42.8, 42.9, 42.3, 42.6), 1: (42.5, 42.6, 42.7, 42.6)}  # seed 0 dips 0.5 at it 20
+    rows = [crow(s, it, v) for s, vals in curves.items() for it, v in zip((0, 10, 20, 40), vals)]
+    append_rows(tmp_path / "curves" / "seg_m.csv", rows, CURVE_COLUMNS)
+    text = render(tmp_path, lambda _: None)
+    assert "| -0.50 (s0), +0.00 (s1) |" in text
 
 
 def test_probe_tables_say_which_snapshot_each_probe_set_would_pick(tmp_path):

@@ -179,9 +179,21 @@ def ranking_lines(df: pd.DataFrame, fresh: pd.DataFrame | None = None, reference
             header, rule, *lines, ""]
 
 
+def worst_drops(g: pd.DataFrame, digits: int) -> str:
+    """Per seed, the largest fall of the metric below that seed's iteration-0 value over its curve
+    (0 if it never falls): what issue 10's "no point below iteration 0" target is judged on."""
+    drops = []
+    for seed, run in g.drop_duplicates(subset=["seed", "iteration"], keep="last").groupby("seed"):
+        start = run.loc[run["iteration"] == 0, "value"]
+        if not start.empty:
+            drops.append(f"{min(0.0, float((run['value'] - start.iloc[0]).min())):+.{digits}f} (s{seed})")
+    return ", ".join(drops) or "–"
+
+
 def curve_section(path: Path, title: str, warn) -> list[str]:
     """A budget-curve CSV as a table: one line per (model, method, bits, run options), the metric
-    at each iteration as mean ± std over the seeds present."""
+    at each iteration as mean ± std over the seeds present, and each seed's worst drop below its
+    iteration 0."""
     df = read_frame(path, warn)  # bad lines reported and skipped
     if df.empty:
         return []
@@ -191,8 +203,9 @@ def curve_section(path: Path, title: str, warn) -> list[str]:
     digits = 3 if df["fp_value"].abs().max() <= 1 else 2
     lines = [f"### {title}", "", f"`{path.name}`, metric {df['metric'].iloc[0]}, FP "
              f"{_fmt(df['fp_value'].max(), digits)}; cells: mean ± std over seeds (n).", "",
-             "| model | method | bits | run options | " + " | ".join(f"it {p}" for p in points) + " |",
-             "|" + "---|" * (4 + len(points))]
+             "| model | method | bits | run options | " + " | ".join(f"it {p}" for p in points)
+             + " | worst drop below it 0 (seed) |",
+             "|" + "---|" * (5 + len(points))]
     for (model, method, bits, options), g in df.groupby(["model", "method", "bits", "cfg_options"], sort=False):
         cells = []
         for point in points:
@@ -206,7 +219,8 @@ def curve_section(path: Path, title: str, warn) -> list[str]:
         # no run options: the config as it was at the rows' commit(s), which a later change may have moved on
         shown = options.replace("methods.zaq.", "") or \
             f"(config as is at {', '.join(sorted(set(g['commit'].astype(str).str[:7])))})"
-        lines.append(f"| {model} | {method} | {bits} | {shown} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model} | {method} | {bits} | {shown} | " + " | ".join(cells)
+                     + f" | {worst_drops(g, digits)} |")
     return lines + [""]
 
 
