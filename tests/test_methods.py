@@ -30,7 +30,8 @@ def test_noise_calibration_can_average_its_batches_ranges():
     assert build_method("dfq", a_range="ema").qconfig_for(base).a_range == "ema"
     assert build_method("ptq", a_range="ema").settings()["a_range"] == "ema"
     assert build_method("zaq").qconfig_for(base) == base
-    with pytest.raises(UserError, match=r"methods\.ptq\.a_range='mean' is not valid; use 'minmax' or 'ema'"):
+    with pytest.raises(UserError, match=r"methods\.ptq\.a_range='mean' is not valid; use 'minmax', 'ema', "
+                                         r"'percentile', 'mse'"):
         build_method("ptq", a_range="mean")
-    with pytest.raises(UserError, match="unknown option"):  # real images need no averaging
-        build_method("real-ptq", a_range="ema")
+    assert build_method("real-ptq").settings() == {"batch_size": 64, "calib_batches": 4}  # hash unchanged
+    assert build_method("real-ptq", a_range="mse").qconfig_for(base).a_range == "mse"

@@ -6,9 +6,10 @@ from torch import nn
 from tasks.models.resnet_cifar import resnet20
 from zaqbench.errors import UserError
 from zaqbench.quant import (
-    FakeQuantizer, QConfig, QuantConv2d, QuantLinear, calibrate_activations, quant_layers,
-    quantizable_layers, quantize_model, set_quantization,
+    FakeQuantizer, QConfig, QuantConv2d, QuantLinear, calibrate_activations, compute_layers, layer_coverage,
+    quant_layers, quantizable_layers, quantize_model, set_quantization,
 )
+from zaqbench.quant.modules import QUANT_MODULES
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -155,3 +156,96 @@ def test_eval_weight_cache_follows_weight_updates():
         for _, layer in quant_layers(qmodel):
             layer.weight = nn.Parameter(layer.weight.detach() * 0.5)
         assert not torch.allclose(qmodel(x), cached)
+
+
+class SamePadConv(nn.Conv2d):
+    """A conv whose forward pads first (as EfficientNet's ``Conv2dStaticSamePadding``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 1)), self.weight, self.bias, self.stride)
+
+
+def same_pad_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(SamePadConv(3, 8, 3), nn.ReLU(), SamePadConv(8, 8, 3), nn.ReLU(),
+                         SamePadConv(8, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 5)).eval()
+
+
+def test_conv_subclass_with_own_forward_is_quantized_with_its_forward_kept():
+    model = same_pad_net()
+    x = torch.randn(4, 3, 12, 12)
+    qmodel, info = quantize_model(model, QConfig(wbits=2, abits=8))
+    assert info["quantized"] == ["2", "4"] and info["full_precision"] == ["0", "8"]
+    modules = dict(qmodel.named_modules())
+    assert isinstance(modules["2"], SamePadConv) and isinstance(modules["2"], tuple(QUANT_MODULES))
+    assert list(qmodel.state_dict()) == list(model.state_dict())
+    calibrate_activations(qmodel, [x])
+    set_quantization(qmodel, weight=False, act=False)
+    assert torch.allclose(qmodel(x), model(x), atol=1e-6)  # the padding forward is kept
+    set_quantization(qmodel, weight=True, act=True)
+    assert not torch.allclose(qmodel(x), model(x), atol=1e-3)  # and the 2-bit weight is used
+    qmodel(x).sum().backward()
+    assert modules["2"].weight.grad is not None and modules["2"].weight.grad.abs().sum() > 0
+    assert isinstance(modules["2"].weight, nn.Parameter)  # the slot holds the parameter again
+    assert layer_coverage(qmodel) == (["2", "4"], ["0", "8"])
+
+
+@pytest.mark.parametrize("layer", [nn.Conv1d(4, 4, 1), nn.ConvTranspose2d(4, 4, 1), nn.MultiheadAttention(4, 1)])
+def test_layer_that_cannot_be_quantized_is_refused_by_name(layer):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
+    model.add_module("odd", layer)
+    with pytest.raises(UserError, match=r"cannot be quantized \(odd\).*fp_layers"):
+        quantize_model(model, QConfig(wbits=8, abits=8))
+    _, info = quantize_model(model, QConfig(wbits=8, abits=8, fp_layers=("odd",)))
+    assert info["quantized"] == ["1"] and "odd" in info["full_precision"]
+    assert "odd.out_proj" not in compute_layers(model)  # attention projections belong to the attention
+
+
+def test_setting_that_quantizes_nothing_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+    with pytest.raises(UserError, match="no layer would be quantized.*2 convolution/linear"):
+        quantize_model(model, QConfig(wbits=8, abits=8))
+    quantize_model(model, QConfig(wbits=32, abits=32))  # full precision asks for nothing
+    _, info = quantize_model(model, QConfig(wbits=8, abits=8, last_fp=False))
+    assert info["quantized"] == ["2"]
+
+
+def observed(rule: str, batches: list[torch.Tensor]) -> FakeQuantizer:
+    q = FakeQuantizer(4, False, range_rule=rule)
+    q.observing = True
+    for x in batches:
+        q(x)
+    q.observing = False
+    return q
+
+
+def test_percentile_range_ignores_a_lone_outlier_and_averages_batches():
+    torch.manual_seed(0)
+    batches = [torch.randn(100_000) for _ in range(3)]  # 99.99 %: the 10th largest of each
+    batches[0][0] = 1000.0  # one outlier would stretch a min/max grid 250-fold
+    q = observed("percentile", batches)
+    assert -6 < float(q.min_val) < -1 and 1 < float(q.max_val) < 6
+    clean = torch.randn(100_000)
+    minmax = observed("minmax", batches)
+    assert (q(clean) - clean).square().mean() < (minmax(clean) - clean).square().mean() / 10
+    q.reset_range()
+    assert q.batches_seen == 0 and not q.has_range
+
+
+def test_mse_range_quantizes_heavy_tails_with_less_error_than_minmax():
+    torch.manual_seed(0)
+    batches = [torch.distributions.Laplace(0.0, 1.0).sample((50_000,)) for _ in range(3)]
+    mse, minmax = observed("mse", batches), observed("minmax", batches)
+    assert float(mse.max_val) < 0.8 * float(minmax.max_val) and float(mse.min_val) > 0.8 * float(minmax.min_val)
+    x = torch.distributions.Laplace(0.0, 1.0).sample((50_000,))
+    assert (mse(x) - x).square().mean() < 0.8 * (minmax(x) - x).square().mean()
+
+
+def test_mse_range_is_the_least_error_clip():
+    x = torch.cat([torch.randn(10_000), torch.tensor([40.0])])
+    q = FakeQuantizer(3, True, range_rule="mse")
+    lo, hi = q.batch_range(x)
+    assert 0 < float(hi) < 40 * 0.5  # clipped well inside the outlier
+    err = lambda h: (FakeQuantizer(3, True, range_rule="current").forward(torch.clamp(x, -h, h)) - x).square().sum()
+    assert err(float(hi)) <= err(40.0)

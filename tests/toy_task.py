@@ -82,5 +82,6 @@ class ToyAdapter(TaskAdapter):
         return "toy-quadrants"
 
     def real_batches(self, batch_size: int, num_batches: int, seed: int) -> Iterator[torch.Tensor]:
-        for i in range(num_batches):
-            yield self.train_x[i * batch_size:(i + 1) * batch_size]
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(num_batches):  # each batch drawn anew: any number of full batches
+            yield self.train_x[torch.randperm(len(self.train_x), generator=g)[:batch_size]]

@@ -179,7 +179,9 @@ class TaskAdapter(abc.ABC):
 
     @abc.abstractmethod
     def real_batches(self, batch_size: int, num_batches: int, seed: int) -> Iterator[torch.Tensor]:
-        """Normalised training images (no labels) for the real-data reference rows."""
+        """``num_batches`` full batches of normalised training images (no labels), in an order drawn
+        from ``seed``, for the real-data reference rows; passes over the training set repeat as needed
+        (``real-kd`` asks for as many batches as its Q steps)."""
 
 
 def without_threads(teacher_cfg: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from . import distributed
 from .checkpoint import load_file
 from .errors import UserError
 from .methods import ZAQ, RunContext
-from .quant import load_quantizer_state
+from .quant import layer_coverage, load_quantizer_state
 from .registry import method_class
 from .run_lock import hold_run_folders
 from .results import COLUMNS, append_rows, check_writable, git_commit
@@ -157,7 +157,8 @@ def write_curves(plan: Plan, args: argparse.Namespace, runs: list[tuple[int, Job
         rows: list[dict[str, Any]] = []
         for it in points:
             metrics = evaluate_snapshot(plan, ctx, job, it)
-            row = result_row(plan, job, seed, metrics, fp_value, result.calib_data, True, commit)
+            row = result_row(plan, job, seed, metrics, fp_value, result.calib_data, True, commit,
+                             layer_coverage(result.model))
             row.update(iteration=it, cfg_options=";".join(args.cfg_options))
             rows.append(row)
             say(f"[zaqbench]   iteration {it:5d}: {plan.adapter.metric} = {row['value']:.4f}")

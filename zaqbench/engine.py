@@ -224,6 +224,7 @@ class ZAQTrainer:
     """
 
     name = "zaq"  # progress bar and error messages
+    trains_generator = True  # False: a subclass whose batches come from elsewhere (real data)
 
     def __init__(self, adapter: TaskAdapter, teacher: nn.Module, qmodel: nn.Module,
                  cfg: ZAQConfig, work_dir: Path, seed: int, progress: bool = True,
@@ -412,25 +413,13 @@ class ZAQTrainer:
         # code's QuantAct, never frozen); evaluation and the returned model use them frozen
         set_act_observing(self.qmodel, cfg.act_ranges == "every-forward")
         try:
-            for k in range(cfg.q_steps):
-                x = self.q_batch(k)
-                d = self._discrepancy(x, p_grad=False, q_via=self.q_ddp)
-                loss_q = d["d_o"] + cfg.alpha * d["d_f"]
-                self.update_q(loss_q)
-                self._check_zero_vectors(d["zero_vectors"], f"Q step {k + 1}",
-                                         [p for g in self.opt_q.param_groups for p in g["params"]])
-            x = self.sample()
-            with clip_fractions(self.qmodel) as clipped:
-                d = self._discrepancy(x, p_grad=True, bn_prior=cfg.bns_weight > 0)
-            loss_g = -d["d_o"] - cfg.alpha * d["d_f"] - cfg.beta * d["l_a"] + cfg.bns_weight * d["bns"]
-            self.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward(inputs=list(self.generator.parameters()))  # Q's gradients are not needed here
-            self.opt_g.step()
-            self._check_zero_vectors(d["zero_vectors"], "generator step", list(self.generator.parameters()))
+            loss_q, _, _ = self.q_updates()
+            loss_g, x, d, clipped = self.generator_step()
         finally:
             set_act_observing(self.qmodel, False)
         self.sched_q.step()
-        self.sched_g.step()
+        if self.trains_generator:
+            self.sched_g.step()
         self.iteration += 1
         self.diagnostics = self._diagnostics(x, d, clipped)
         local = {"loss_q": loss_q, "loss_g": loss_g, "d_o": d["d_o"], "d_f": d["d_f"], "l_a": d["l_a"],
@@ -438,6 +427,31 @@ class ZAQTrainer:
         # the losses of the global batch (means of the ranks' means): the same numbers on every
         # rank, so the divergence check stops all of them together
         return dict(zip(local, distributed.all_mean([v.item() for v in local.values()])))
+
+    def q_updates(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """The q_steps updates of Q (minimise D_o + alpha D_f); (last loss, last batch, its terms)."""
+        cfg = self.cfg
+        for k in range(cfg.q_steps):
+            x = self.q_batch(k)
+            d = self._discrepancy(x, p_grad=False, q_via=self.q_ddp)
+            loss_q = d["d_o"] + cfg.alpha * d["d_f"]
+            self.update_q(loss_q)
+            self._check_zero_vectors(d["zero_vectors"], f"Q step {k + 1}",
+                                     [p for g in self.opt_q.param_groups for p in g["params"]])
+        return loss_q, x, d
+
+    def generator_step(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any], dict[str, float]]:
+        """One update of G (maximise the discrepancy); (loss, batch, its terms, clip fractions)."""
+        cfg = self.cfg
+        x = self.sample()
+        with clip_fractions(self.qmodel) as clipped:
+            d = self._discrepancy(x, p_grad=True, bn_prior=cfg.bns_weight > 0)
+        loss_g = -d["d_o"] - cfg.alpha * d["d_f"] - cfg.beta * d["l_a"] + cfg.bns_weight * d["bns"]
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward(inputs=list(self.generator.parameters()))  # Q's gradients are not needed here
+        self.opt_g.step()
+        self._check_zero_vectors(d["zero_vectors"], "generator step", list(self.generator.parameters()))
+        return loss_g, x, d, clipped
 
     def _diagnostics(self, x: torch.Tensor, d: dict[str, Any], clipped: dict[str, float]) -> dict[str, Any]:
         """Observed on the generator step's batch; logged beside the losses, never used in training."""

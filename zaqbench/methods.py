@@ -143,7 +143,7 @@ class NoisePTQ(Method):
         super().check_options()
         if "a_range" in self.options and self.cfg.get("a_range", "") not in ("", *RANGE_RULES[1:]):
             raise UserError(f"methods.{self.name}.a_range={self.cfg['a_range']!r} is not valid; use "
-                            f"{' or '.join(repr(r) for r in RANGE_RULES[1:])}, or '' for the config's quant.a_range")
+                            f"{', '.join(repr(r) for r in RANGE_RULES[1:])}, or '' for the config's quant.a_range")
         # under torchrun every rank calibrates on its rows of each batch: fail at plan time
         distributed.local_batch(self.cfg["batch_size"], f"methods.{self.name}.batch_size")
 
@@ -183,7 +183,8 @@ class RealPTQ(NoisePTQ):
     """Reference row, NOT zero-shot: activation ranges from real training images."""
 
     name = "real-ptq"
-    options = {"batch_size": 64, "calib_batches": 4}  # real images need no averaging over batches
+    # real images need no averaging over batches; a_range as ptq's ('' keeps the config's quant.a_range)
+    options = {"batch_size": 64, "calib_batches": 4, "a_range": ""}
 
     def batches(self, ctx: RunContext) -> Iterator[torch.Tensor]:
         for x in ctx.adapter.real_batches(self.cfg["batch_size"], self.cfg["calib_batches"], ctx.seed):
@@ -304,4 +305,4 @@ class ZAQNoActivation(ZAQ):
 
 
 # Methods kept in their own files register on import, so importing this module registers all.
-from . import dfq, gdfq  # noqa: E402,F401
+from . import dfq, gdfq, real_kd  # noqa: E402,F401

@@ -92,12 +92,32 @@ def format_settings(settings: dict[str, Any]) -> str:
     return ";".join(f"{SETTING_PREFIX}{k}={format_setting(v)}" for k, v in sorted(settings.items()))
 
 
+LAYERS_PREFIX = "layers."  # extra_metrics keys that say which layers the evaluated model quantizes
+
+
+def format_layer_coverage(quantized: list[str], full_precision: list[str]) -> str:
+    """``layers.quantized=N;layers.total=M;layers.fp=a/b``: how many of the model's convolution and
+    linear layers the evaluated model quantizes, and which stay in full precision."""
+    total = len(quantized) + len(full_precision)
+    return (f"{LAYERS_PREFIX}quantized={len(quantized)};{LAYERS_PREFIX}total={total};"
+            f"{LAYERS_PREFIX}fp={format_setting(list(full_precision))}")
+
+
+def parse_layer_coverage(text: str) -> dict[str, str]:
+    """``extra_metrics`` -> its ``layers.*`` entries, without the prefix (empty for rows without them)."""
+    items = (item.partition("=") for item in filter(None, text.split(";")))
+    return {key[len(LAYERS_PREFIX):]: value for key, _, value in items if key.startswith(LAYERS_PREFIX)}
+
+
 def parse_extra_metrics(text: str) -> tuple[dict[str, float], dict[str, str]]:
-    """``extra_metrics`` -> (metrics as numbers, settings as text, without the ``cfg.`` prefix)."""
+    """``extra_metrics`` -> (metrics as numbers, settings as text, without the ``cfg.`` prefix);
+    the layer coverage is read by :func:`parse_layer_coverage`."""
     metrics: dict[str, float] = {}
     settings: dict[str, str] = {}
     for item in filter(None, text.split(";")):
         key, _, value = item.partition("=")
+        if key.startswith(LAYERS_PREFIX):
+            continue
         if key.startswith(SETTING_PREFIX):
             settings[key[len(SETTING_PREFIX):]] = value
         else:

@@ -26,10 +26,11 @@ from .data_identity import describe as describe_dataset
 from .devices import describe, resolve_device
 from .errors import UserError
 from .methods import MethodOutput, RunContext
-from .quant import QConfig
+from .quant import QConfig, check_quantizable, layer_coverage
 from .run_lock import hold_run_folders
 from .registry import METHODS, build_method, build_task, method_class, task_class
-from .results import (COLUMNS, NOT_APPLICABLE, append_rows, check_writable, format_extra_metrics, format_settings,
+from .results import (COLUMNS, NOT_APPLICABLE, append_rows, check_writable, format_extra_metrics,
+                      format_layer_coverage, format_settings,
                       git_commit, now_iso, read_csv_rows, resolve_output)
 from .teacher import get_teacher, teacher_cache_path
 
@@ -312,8 +313,21 @@ def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, A
                             "method": name, "method_cfg": method.cfg, "teacher": teacher_id,
                             **({"data": adapter.data_identity()} if adapter.data_identity() else {})})
         jobs.append(Job(name, wbits, abits, qconfig, method, chash))
+    check_layers(adapter, [job.qconfig for job in jobs if job.method_name != "fp"])
     return Plan(args.task, model_name, cfg, adapter, jobs, quant_cfg.get("preset", "default"), out, device,
                 cache_dir, work_root)
+
+
+def check_layers(adapter: Any, qconfigs: list[QConfig]) -> None:
+    """Refuse, before any training, a model with a convolution/linear layer that cannot be quantized
+    or a setting that quantizes no layer (:func:`zaqbench.quant.check_quantizable`), on the task's
+    architecture (untrained: only its layers matter)."""
+    if not qconfigs:
+        return
+    with torch.random.fork_rng(devices=[]):  # building the architecture must not move the seeded streams
+        model = adapter.build_model()
+    for qconfig in dict.fromkeys(qconfigs):
+        check_quantizable(model, qconfig)
 
 
 def hashed_task(task: Any) -> Any:
@@ -386,10 +400,15 @@ def say(message: str) -> None:
 
 
 def result_row(plan: Plan, job: "Job", seed: int, metrics: dict[str, float], fp_value: float,
-               calib_data: str, quantized: bool, commit: str) -> dict[str, Any]:
-    """The columns every result row shares: identity, metric, protocol, provenance."""
+               calib_data: str, quantized: bool, commit: str,
+               layers: tuple[list[str], list[str]] | None = None) -> dict[str, Any]:
+    """The columns every result row shares: identity, metric, protocol, provenance.
+
+    ``layers``: (quantized, full-precision) layer names of the evaluated model, recorded in
+    ``extra_metrics`` as ``layers.*`` (see :func:`zaqbench.results.format_layer_coverage`)."""
     metric = plan.adapter.metric
     extra = (format_extra_metrics({k: v for k, v in metrics.items() if k != metric}),
+             format_layer_coverage(*layers) if layers else "",
              format_settings({**job.method.settings(),  # measured metrics, then the settings
                                      **{f"quant.{k}": v for k, v in job.qconfig.later_options().items()}}))
     protocol = job.qconfig.protocol(calib_data) if quantized else \
@@ -411,17 +430,23 @@ def not_applicable_cell(reason: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    run_rows(args)
+    return 0
+
+
+def run_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Plan, then run every job that is to run; returns the rows appended (none for a dry run)."""
     plan = build_plan(args)
     jobs = plan.jobs
     done = existing_runs(plan.out) if args.dry_run or args.skip_existing else {}
     if args.dry_run:
         print_plan(jobs, done, args.seed)
-        return 0
+        return []
     if args.skip_existing:
         jobs = [j for j in jobs if j.key(args.seed) not in done]
         if not jobs:
             print(f"[zaqbench] every requested run already has a row in {plan.out}", file=sys.stderr)
-            return 0
+            return []
 
     # rank 0 holds the run folders for all ranks of a torchrun launch
     folders = sorted({plan.run_dir(job, args.seed) for job in jobs}) if distributed.is_main() else []
@@ -430,7 +455,7 @@ def run(args: argparse.Namespace) -> int:
     if distributed.is_main():
         print_table(printed)
     say(f"[zaqbench] {len(printed)} row(s) appended to {plan.out}")
-    return 0
+    return printed
 
 
 def run_jobs(plan: Plan, jobs: list["Job"], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -454,7 +479,8 @@ def run_jobs(plan: Plan, jobs: list["Job"], args: argparse.Namespace) -> list[di
             metrics = fp_metrics if result.model is teacher else plan.adapter.evaluate(result.model)
             calib = result.calib_data
         seconds = time.perf_counter() - start
-        row = {**result_row(plan, job, args.seed, metrics, fp_value, calib, result.quantized, commit),
+        layers = layer_coverage(result.model) if result.quantized and not result.not_applicable else None
+        row = {**result_row(plan, job, args.seed, metrics, fp_value, calib, result.quantized, commit, layers),
                "iters": result.iters, "seconds": round(seconds, 1)}
         if distributed.is_main():  # one row per run, whatever the number of ranks
             append_or_keep(plan.out, row, ctx.work_dir)

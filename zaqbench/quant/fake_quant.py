@@ -12,13 +12,20 @@ preset): ``rounding='after-zero-point'`` (its arithmetic, :func:`official_fake_q
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .. import distributed
 
 FULL_PRECISION_BITS = (16, 32)
-RANGE_RULES = ("current", "minmax", "ema")
+RANGE_RULES = ("current", "minmax", "ema", "percentile", "mse")
+#: the rules whose calibrated range is the mean of each batch's own range
+AVERAGED_RULES = ("percentile", "mse")
+PERCENTILE = 99.99  # 'percentile': each batch's range is its 0.01 % and 99.99 % quantiles
+MSE_CANDIDATES = 50  # 'mse': clipping ends tried per batch and pass, evenly over 0.02 .. 1 of its min/max
+MSE_SAMPLE = 2**16  # 'mse': values of a batch the search measures the error on (evenly strided)
 ROUNDINGS = ("before-zero-point", "after-zero-point")  # torch's fused operators | the official code's
 STES = ("clipped", "identity")
 OFFICIAL_MIN_RANGE = 1e-8  # the official code clamps max - min at this before dividing
@@ -118,7 +125,10 @@ class FakeQuantizer(nn.Module):
         per_channel: one range per slice along ``ch_axis`` (weights) or one per tensor.
         range_rule: ``current`` recomputes min/max from every input (weights);
             ``minmax`` keeps a running min/max that only widens (activations, as in the
-            official ZAQ code); ``ema`` an exponential moving average of batch min/max.
+            official ZAQ code); ``ema`` an exponential moving average of batch min/max;
+            ``percentile`` and ``mse`` the mean over batches of each batch's 0.01/99.99 %
+            quantiles, or of the clipping range that minimises its quantization error
+            (the stronger post-training baselines: a few outliers no longer stretch the grid).
         momentum: EMA weight of the newest batch.
         include_zero: widen the range to contain 0 (default); False keeps a channel's own
             [min, max] (the official code's weights).
@@ -167,6 +177,7 @@ class FakeQuantizer(nn.Module):
         self.observing = False
         self.register_buffer("min_val", torch.tensor(float("inf")), persistent=False)
         self.register_buffer("max_val", torch.tensor(float("-inf")), persistent=False)
+        self.batches_seen = 0  # 'percentile'/'mse': the running mean's count
 
     @property
     def active(self) -> bool:
@@ -179,16 +190,59 @@ class FakeQuantizer(nn.Module):
     def reset_range(self) -> None:
         self.min_val.fill_(float("inf"))
         self.max_val.fill_(float("-inf"))
+        self.batches_seen = 0
+
+    def batch_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range one batch asks for under this quantizer's rule."""
+        flat = x.detach().reshape(-1).float()
+        if self.range_rule == "percentile":
+            n = flat.numel()
+            k_hi = max(1, min(n, round(n * PERCENTILE / 100)))
+            return flat.kthvalue(max(1, n - k_hi + 1)).values, flat.kthvalue(k_hi).values
+        lo, hi = torch.aminmax(flat)
+        if self.range_rule == "mse":
+            return self._mse_range(flat[::max(1, flat.numel() // MSE_SAMPLE)], lo, hi)
+        return lo, hi
+
+    def _mse_range(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clipping range [a lo, b hi], a and b in (0, 1], whose grid quantizes ``x`` with the
+        least squared error: the upper end with the lower fixed, then the lower with the upper
+        fixed, twice (the ends matter almost separately: an outlier on one side must not shrink
+        the other, as one shared factor would)."""
+        qmin, qmax = quant_range(self.bits, self.symmetric)
+        # even steps down to 1/50 of the observed end, then log steps to 1/1000 (a lone outlier can
+        # stretch a range far beyond the bulk of the values)
+        factors = torch.logspace(-3, -math.log10(MSE_CANDIDATES), 10)[:-1].tolist() + \
+            torch.linspace(1.0 / MSE_CANDIDATES, 1.0, MSE_CANDIDATES).tolist()
+
+        def error(a: torch.Tensor, b: torch.Tensor) -> float:
+            scale, zero_point = affine_qparams(a, b, self.bits, self.symmetric, self.include_zero)
+            return float((torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax) - x).square().sum())
+
+        if self.symmetric:  # one bound serves both ends
+            bound = torch.maximum(-lo, hi)
+            best = min((bound * f for f in factors), key=lambda b: error(-b, b))
+            return -best, best
+        best_lo, best_hi = lo, hi
+        for _ in range(2):
+            best_hi = min((hi * f for f in factors), key=lambda b: error(best_lo, b))
+            best_lo = min((lo * f for f in factors), key=lambda a: error(a, best_hi))
+        return best_lo, best_hi
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        lo, hi = torch.aminmax(x.detach())
+        lo, hi = self.batch_range(x)
         if self.observing:
             # calibration under torchrun: each rank holds some rows of the batch; the range is the
             # whole batch's before it quantizes this layer's input, so the next layers see what
             # one process would (a collective: every rank calibrates on the same batches' rows)
             distributed.reduce_min_max(lo, hi)
-        if not self.has_range:
+        if self.range_rule in AVERAGED_RULES:
+            self.batches_seen += 1
+            weight = 1.0 / self.batches_seen
+            self.min_val.copy_(lo if self.batches_seen == 1 else self.min_val.lerp(lo, weight))
+            self.max_val.copy_(hi if self.batches_seen == 1 else self.max_val.lerp(hi, weight))
+        elif not self.has_range:
             self.min_val.copy_(lo)
             self.max_val.copy_(hi)
         elif self.range_rule == "ema":

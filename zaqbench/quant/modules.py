@@ -68,7 +68,33 @@ class QuantLinear(_QuantizedLayer, nn.Linear):
         return F.linear(self.quantized_input(x), _quantized_weight(self), self.bias)
 
 
-QUANT_MODULES = (QuantConv2d, QuantLinear)
+class KeepForwardQuantLayer(_QuantizedLayer):
+    """Mixin for a Conv2d/Linear subclass with a ``forward`` of its own (a same-padding conv that
+    pads first, a weight-normalising wrapper...): that forward runs unchanged on the quantized
+    input, with the fake-quantized weight in the ``weight`` slot for the duration of the call, so
+    whatever it does around the convolution is kept and the convolution itself is quantized.
+
+    The swap is the one :func:`torch.func.functional_call` makes, done in place because the forward
+    to call is the parent class's, not this module's."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        weight = _quantized_weight(self)
+        original = self._parameters["weight"]
+        self._parameters["weight"] = weight
+        try:
+            return super().forward(self.quantized_input(x), *args, **kwargs)
+        finally:
+            self._parameters["weight"] = original
+
+
+def keep_forward_class(layer_class: type) -> type:
+    """The quantized counterpart of a Conv2d/Linear subclass with its own forward: a subclass of
+    both :class:`KeepForwardQuantLayer` and ``layer_class`` (so ``isinstance`` checks on the
+    original class still hold)."""
+    return type(f"Quant{layer_class.__name__}", (KeepForwardQuantLayer, layer_class), {"__module__": __name__})
+
+
+QUANT_MODULES = (QuantConv2d, QuantLinear, KeepForwardQuantLayer)
 
 
 class QuantReLU(nn.Module):

@@ -28,7 +28,7 @@ class QConfig:
     w_granularity: str = "channel"  # 'channel' | 'tensor'
     w_symmetric: bool = True
     a_symmetric: bool = False
-    a_range: str = "minmax"  # 'minmax' (running, only widens) | 'ema'
+    a_range: str = "minmax"  # 'minmax' (running, only widens) | 'ema' | 'percentile' | 'mse'
     a_momentum: float = 0.1
     first_fp: bool = True  # keep the first quantizable layer in full precision
     last_fp: bool = True  # keep the last quantizable layer in full precision
@@ -49,7 +49,7 @@ class QConfig:
         if self.w_granularity not in ("channel", "tensor"):
             raise UserError(f"w_granularity must be 'channel' or 'tensor', got {self.w_granularity!r}")
         if self.a_range not in RANGE_RULES[1:]:
-            raise UserError(f"a_range must be 'minmax' or 'ema', got {self.a_range!r}")
+            raise UserError(f"a_range must be one of {', '.join(RANGE_RULES[1:])}, got {self.a_range!r}")
         for name, valid in (("a_placement", A_PLACEMENTS), ("ste", STES), ("w_range", W_RANGES),
                             ("rounding", ROUNDINGS)):
             if getattr(self, name) not in valid:

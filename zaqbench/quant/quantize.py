@@ -1,7 +1,10 @@
 """``quantize_model``: turn any ``nn.Module`` into its fake-quantized copy Q.
 
 Conv2d and Linear layers are swapped for :class:`QuantConv2d` / :class:`QuantLinear`
-in place of the originals (same names, same ``state_dict`` keys). Layers are
+in place of the originals (same names, same ``state_dict`` keys); a subclass with a ``forward``
+of its own keeps it (:func:`keep_forward_class`). Any other layer that computes a convolution or
+linear map is refused unless ``fp_layers`` keeps it in full precision, and so is a setting that
+would quantize nothing. Layers are
 chosen by type, never by substrings of attribute names; the ones kept in full
 precision are the first and/or last quantizable layer (in registration order)
 and any whose full name matches a ``fp_layers`` glob pattern.
@@ -22,40 +25,94 @@ from torch import nn
 from ..errors import UserError
 from .bn_fold import fold_bn
 from .fake_quant import FULL_PRECISION_BITS, FakeQuantizer
-from .modules import QUANT_MODULES, RELU_MODULES, QuantConv2d, QuantLinear, QuantReLU
+from .modules import QUANT_MODULES, RELU_MODULES, QuantConv2d, QuantLinear, QuantReLU, keep_forward_class
 from .qconfig import QConfig
 
 
-def _swappable(module: nn.Module) -> bool:
-    """Plain Conv2d/Linear, or a subclass that does not change ``forward``
-    (e.g. mmcv's wrappers, which only special-case empty batches)."""
-    if isinstance(module, QUANT_MODULES):
-        return False
-    if isinstance(module, nn.Conv2d):
-        return type(module).forward is nn.Conv2d.forward or type(module).__module__.startswith("mmcv.cnn.bricks.wrappers")
-    if isinstance(module, nn.Linear):
-        return type(module).forward is nn.Linear.forward or type(module).__module__.startswith("mmcv.cnn.bricks.wrappers")
-    return False
+#: Modules that compute a convolution or a linear map. Conv2d and Linear, subclasses included, are
+#: quantized; the others have no quantized counterpart here and are refused unless ``fp_layers``
+#: keeps them in full precision explicitly, so no such layer is ever left unquantized silently.
+COMPUTE_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear, nn.MultiheadAttention)
+
+
+def _supported(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, QUANT_MODULES)
+
+
+def _keeps_plain_forward(module: nn.Module) -> bool:
+    """Conv2d/Linear itself, or a subclass that does not change what ``forward`` computes (mmcv's
+    wrappers only special-case empty batches): these become :class:`QuantConv2d`/:class:`QuantLinear`."""
+    base = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+    return type(module).forward is base.forward or type(module).__module__.startswith("mmcv.cnn.bricks.wrappers")
+
+
+def compute_layers(model: nn.Module) -> list[str]:
+    """Names of the modules that compute a convolution or linear map, in registration order;
+    outermost only (an attention module computes its projections itself, not through its
+    ``out_proj`` child's forward)."""
+    names: list[str] = []
+    for name, module in model.named_modules():
+        if name and isinstance(module, COMPUTE_LAYERS) and not any(name.startswith(n + ".") for n in names):
+            names.append(name)
+    return names
 
 
 def quantizable_layers(model: nn.Module) -> list[str]:
     """Names of the layers ``quantize_model`` can swap, in registration order."""
-    return [name for name, m in model.named_modules() if _swappable(m)]
+    modules = dict(model.named_modules())
+    return [name for name in compute_layers(model) if _supported(modules[name])]
 
 
 def full_precision_layers(model: nn.Module, qconfig: QConfig) -> list[str]:
+    """The layers kept in full precision: the first and/or last quantizable layer, and every
+    conv/linear layer whose name matches an ``fp_layers`` pattern."""
     names = quantizable_layers(model)
+    compute = compute_layers(model)
     keep: list[str] = []
     if names and qconfig.first_fp:
         keep.append(names[0])
     if names and qconfig.last_fp:
         keep.append(names[-1])
     for pattern in qconfig.fp_layers:
-        matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        matched = [n for n in compute if fnmatch.fnmatchcase(n, pattern)]
         if not matched:
-            raise UserError(f"fp_layers pattern '{pattern}' matches no Conv2d/Linear layer of the model")
+            raise UserError(f"fp_layers pattern '{pattern}' matches no convolution or linear layer of the model")
         keep += matched
-    return sorted(set(keep), key=names.index)
+    return sorted(set(keep), key=compute.index)
+
+
+def check_quantizable(model: nn.Module, qconfig: QConfig) -> tuple[list[str], list[str]]:
+    """(layers to quantize, layers kept in full precision) of ``model`` under ``qconfig``.
+
+    Refuses, naming the layers, a convolution or linear layer that cannot be quantized and is not
+    kept in full precision explicitly, and a setting that would quantize no layer at all: either
+    would report a full-precision layer under a low-bit protocol."""
+    fp_names = full_precision_layers(model, qconfig)
+    keep = set(fp_names)
+    modules = dict(model.named_modules())
+    refused = [n for n in compute_layers(model) if n not in keep and not _supported(modules[n])]
+    if refused:
+        kinds = sorted({type(modules[n]).__name__ for n in refused})
+        shown = ", ".join(refused[:8]) + (f" and {len(refused) - 8} more" if len(refused) > 8 else "")
+        raise UserError(f"{len(refused)} layer(s) of type {'/'.join(kinds)} cannot be quantized ({shown}); "
+                        "only Conv2d and Linear layers are; keep them in full precision explicitly with "
+                        "quant.fp_layers=[...] (glob patterns of their names)")
+    to_quantize = [n for n in quantizable_layers(model) if n not in keep]
+    if not to_quantize and not qconfig.is_full_precision:
+        total = len(compute_layers(model))
+        raise UserError(f"no layer would be quantized: the model has {total} convolution/linear layer(s) and "
+                        f"all are kept in full precision ({', '.join(fp_names) or 'none found'}); a W"
+                        f"{qconfig.wbits}A{qconfig.abits} row would report the full-precision model")
+    return to_quantize, fp_names
+
+
+def layer_coverage(model: nn.Module) -> tuple[list[str], list[str]]:
+    """(quantized, full-precision) names of ``model``'s convolution/linear layers, read off the
+    model itself: what a result row says was quantized is what was evaluated."""
+    modules = dict(model.named_modules())
+    names = compute_layers(model)
+    quantized = [n for n in names if isinstance(modules[n], QUANT_MODULES)]
+    return quantized, [n for n in names if n not in set(quantized)]
 
 
 def _act_quantizer(qconfig: QConfig, device: torch.device) -> FakeQuantizer:
@@ -109,16 +166,19 @@ def quantize_model(
         if example_input is None:
             raise ValueError("bn_fold=True needs example_input to find conv->BN pairs")
         folded = fold_bn(qmodel, example_input)
-    fp_names = full_precision_layers(qmodel, qconfig)
-    keep_fp = set(fp_names)
+    to_quantize, fp_names = check_quantizable(qmodel, qconfig)
     modules = dict(qmodel.named_modules())
     quantized: list[str] = []
-    for name in quantizable_layers(qmodel):
-        if name in keep_fp:
-            continue
+    keep_forward: dict[type, type] = {}  # one quantized class per original class, for this call
+    for name in to_quantize:
         layer = modules[name]
         wq, aq = _make_quantizers(layer, qconfig)
-        cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
+        if _keeps_plain_forward(layer):
+            cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
+        else:
+            if type(layer) not in keep_forward:
+                keep_forward[type(layer)] = keep_forward_class(type(layer))
+            cls = keep_forward[type(layer)]
         qlayer = cls.from_float(layer, wq, aq)
         parent_name, _, attr = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else qmodel, attr, qlayer)
