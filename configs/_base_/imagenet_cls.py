@@ -20,5 +20,6 @@ methods = dict(
     ptq=dict(batch_size=32, calib_batches=8),
     zeroq=dict(batch_size=32, calib_batches=2, distill_iters=500),
     zaq=zaq_imagenet,
-    **{'real-ptq': dict(batch_size=32, calib_batches=8), 'zaq-no-feat': zaq_imagenet, 'zaq-no-act': zaq_imagenet},
+    **{'real-ptq': dict(batch_size=32, calib_batches=8), 'zaq-no-feat': zaq_imagenet, 'zaq-no-act': zaq_imagenet,
+       'real-kd': zaq_imagenet},
 )

@@ -20,6 +20,8 @@ zaq_stable = dict(
     wbits_rules=[dict(min_wbits=6, q_prox_weight=1e-3, q_anchor_fraction=0.5)],
 )
 methods = {'zaq': zaq_stable, 'zaq-no-feat': zaq_stable, 'zaq-no-act': zaq_stable}
+# The real-data ceiling: ZAQ's Q training, every setting the same, on real training images.
+methods['real-kd'] = zaq_stable
 # DFQ as ZAQ's starting point (issue 14) trains exactly like ZAQ.
 methods['dfq+zaq'] = zaq_stable
 # GDFQ (issue 14) fine-tunes Q with the same Q-side settings as the stable ZAQ recipe (grid-scaled

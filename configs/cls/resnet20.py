@@ -11,7 +11,8 @@ task = dict(
     eval=dict(batch_size=1000),
 )
 quant = dict(preset="default")
-default_methods = ["fp", "ptq", "real-ptq", "zeroq", "zaq", "zaq-no-feat", "zaq-no-act", "dfq", "gdfq", "dfq+zaq"]
+default_methods = ["fp", "ptq", "real-ptq", "zeroq", "zaq", "zaq-no-feat", "zaq-no-act", "dfq", "gdfq", "dfq+zaq",
+                   "real-kd"]
 # CPU-sized schedule; the stabilisers come from configs/_base_/zaq_stable.py (merged key by key),
 # every other knob keeps the paper's default (zaqbench/engine.py ZAQConfig).
 zaq_cpu = dict(iters=40, batch_size=32, relation_pool_size=14, checkpoint_interval=10, calib_batches=4)
@@ -25,7 +26,8 @@ methods = dict(
     ptq=dict(batch_size=128, calib_batches=32, a_range="ema"),
     zeroq=dict(batch_size=64, calib_batches=2, distill_iters=200),
     zaq=zaq_cpu,
-    **{"real-ptq": dict(batch_size=128, calib_batches=16), "zaq-no-feat": zaq_cpu, "zaq-no-act": zaq_cpu},
+    **{"real-ptq": dict(batch_size=128, calib_batches=16), "zaq-no-feat": zaq_cpu, "zaq-no-act": zaq_cpu,
+       "real-kd": zaq_cpu},
     # issue 14: DFQ calibrates activations on the same noise as ptq (the gap is equalization and bias
     # correction); GDFQ iterates cost ~1/3 of a ZAQ iteration (1 Q step, G sees P only), so about the
     # same compute as zaq_cpu buys ~3x the iterations

@@ -23,7 +23,7 @@ methods = dict(
     zeroq=dict(batch_size=256, calib_batches=1, distill_iters=500),
     zaq=zaq_paper,
     **{"real-ptq": dict(batch_size=256, calib_batches=4), "zaq-no-feat": zaq_paper, "zaq-no-act": zaq_paper,
-       "dfq+zaq": zaq_paper, "zaq-official": zaq_paper},
+       "dfq+zaq": zaq_paper, "zaq-official": zaq_paper, "real-kd": zaq_paper},
     # DFQ has no schedule (no data, no training); its activation ranges come from ptq's noise
     dfq=dict(batch_size=256, calib_batches=4),
     # GDFQ's GPU schedule (configs/README.md): 400 epochs x 200 iterations, G by Adam at 1e-3,

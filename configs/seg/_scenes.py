@@ -122,7 +122,7 @@ task = dict(
 # an auxiliary head, the last registered conv is the auxiliary classifier,
 # which inference never runs); the first conv of the stem stays FP via first_fp.
 quant = dict(preset='default', first_fp=True, last_fp=False, fp_layers=['decode_head.conv_seg'])
-default_methods = ['fp', 'ptq', 'real-ptq', 'zeroq', 'zaq', 'dfq', 'gdfq', 'dfq+zaq']
+default_methods = ['fp', 'ptq', 'real-ptq', 'zeroq', 'zaq', 'dfq', 'gdfq', 'dfq+zaq', 'real-kd']
 
 # CPU-sized budget. Beyond batch size and length: a 32-channel generator and relation maps
 # pooled to 16x16 (measured 2.3 s instead of 8.8 s per iteration at batch 8, one core). The
@@ -135,7 +135,8 @@ methods = dict(
     zaq=zaq_cpu,
     ptq=dict(batch_size=16, calib_batches=16),
     zeroq=dict(batch_size=16, calib_batches=2, distill_iters=200),
-    **{'real-ptq': dict(batch_size=16, calib_batches=16), 'zaq-no-feat': zaq_cpu, 'zaq-no-act': zaq_cpu},
+    **{'real-ptq': dict(batch_size=16, calib_batches=16), 'zaq-no-feat': zaq_cpu, 'zaq-no-act': zaq_cpu,
+       'real-kd': zaq_cpu},
     # issue 14: DFQ on ptq's noise; GDFQ in its label-free form (gdfq-bns) at ~ZAQ's compute
     # (a GDFQ iteration costs about a third of a ZAQ one)
     dfq=dict(batch_size=16, calib_batches=16),

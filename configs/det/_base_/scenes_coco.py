@@ -70,7 +70,7 @@ param_scheduler = [
 ]
 
 # The methods' CPU budget, shared by the scene detectors (RetinaNet, FCOS).
-default_methods = ['fp', 'ptq', 'real-ptq', 'zeroq', 'zaq', 'dfq', 'gdfq', 'dfq+zaq']
+default_methods = ['fp', 'ptq', 'real-ptq', 'zeroq', 'zaq', 'dfq', 'gdfq', 'dfq+zaq', 'real-kd']
 # CPU-sized schedules; every other knob keeps the core's defaults (zaqbench/engine.py ZAQConfig).
 # generator_channels=32: at 128x128 the default 128-channel generator costs ~2 GMAC per image,
 # 13x the detector itself; 32 channels brings it to the detector's cost.
@@ -81,7 +81,8 @@ methods = dict(
     ptq=dict(batch_size=16, calib_batches=16),
     zeroq=dict(batch_size=16, calib_batches=2, distill_iters=100),
     zaq=zaq_cpu,
-    **{'real-ptq': dict(batch_size=16, calib_batches=16), 'zaq-no-feat': zaq_cpu, 'zaq-no-act': zaq_cpu},
+    **{'real-ptq': dict(batch_size=16, calib_batches=16), 'zaq-no-feat': zaq_cpu, 'zaq-no-act': zaq_cpu,
+       'real-kd': zaq_cpu},
     # issue 14: DFQ on ptq's noise; GDFQ in its label-free form (gdfq-bns) at ~ZAQ's compute
     dfq=dict(batch_size=16, calib_batches=16),
     gdfq=dict(iters=120, batch_size=16, checkpoint_interval=20, calib_batches=4, generator_channels=32),
