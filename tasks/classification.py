@@ -249,10 +249,14 @@ class ClassificationAdapter(TaskAdapter):
             self._splits[name] = TensorSplit(x, torch.as_tensor(labels, dtype=torch.long))
         return self._splits[name]
 
+    def check_real_data(self) -> None:
+        if self._source == "imagefolder":
+            self._train_folder()
+
     def _train_folder(self) -> imagefolder.FolderSplit:
         if not (Path(str(self.data_root)) / "train").is_dir():
             raise UserError(f"training a teacher or real-data calibration needs '{Path(str(self.data_root)) / 'train'}'"
-                            "; add a train/ split or pass --checkpoint and leave out real-ptq")
+                            "; add a train/ split or pass --checkpoint and leave out the real-data methods (real-ptq, real-kd)")
         return self._folder("train")
 
     def real_batches(self, batch_size: int, num_batches: int, seed: int) -> Iterator[torch.Tensor]:

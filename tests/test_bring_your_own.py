@@ -16,7 +16,7 @@ COLOUR_CONFIG = """
 custom_imports = dict(imports=['tests.colour_model'], allow_failed_imports=False)
 task = dict(type='cls', model=dict(arch='colour_net', num_classes=1000, in_channels=3),
             data=dict(image_size=16, class_map={class_map!r}), eval=dict(batch_size=6, workers=1))
-quant = dict(preset='default')
+quant = dict(preset='default', first_fp=False)  # two layers: the conv is quantized, the head stays FP
 default_methods = ['fp', 'ptq', 'real-ptq']
 methods = dict(ptq=dict(batch_size=4, calib_batches=1), **{{'real-ptq': dict(batch_size=4, calib_batches=2)}})
 """
@@ -152,3 +152,11 @@ def test_damaged_data_is_one_line_and_nothing_written(paths, capsys, make, needl
                  "task.data.class_map=imagenet", "task.model.num_classes=1000"])
     expect_error(capsys, code, *needles)
     assert not out.exists() and not (paths / "cache" / "teachers").exists()
+
+
+def test_real_data_method_without_a_train_split_is_refused_before_any_row(paths, capsys):
+    import shutil
+    root = make_imagefolder(paths / "imagenet")
+    shutil.rmtree(root / "train", ignore_errors=True)
+    assert colour_run(paths, root=root) == 2
+    assert "needs '" in capsys.readouterr().err and not (paths / "out.csv").exists()  # no fp/ptq row first

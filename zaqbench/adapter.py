@@ -177,6 +177,10 @@ class TaskAdapter(abc.ABC):
     def dataset_name(self) -> str:
         """Short name of the data the model is evaluated on (for result rows)."""
 
+    def check_real_data(self) -> None:
+        """Raise ``UserError`` (one line) if :meth:`real_batches` cannot deliver: called when the plan
+        is built for a method that uses real images, so the refusal comes before any work."""
+
     @abc.abstractmethod
     def real_batches(self, batch_size: int, num_batches: int, seed: int) -> Iterator[torch.Tensor]:
         """``num_batches`` full batches of normalised training images (no labels), in an order drawn

@@ -60,6 +60,9 @@ class Method:
     # ``cfg.<option>=<value>``) so that rows of one method with other settings can be told apart.
     # None: all of them. Book-keeping options (checkpoint intervals, logging) are left out.
     protocol_options: tuple[str, ...] | None = None
+    # the method trains or calibrates on real training images (a reference row, not data-free):
+    # the plan checks that the task has them before any work
+    uses_real_data: bool = False
 
     def __init__(self, **cfg: Any) -> None:
         unknown = sorted(set(cfg) - set(self.options))
@@ -183,6 +186,7 @@ class RealPTQ(NoisePTQ):
     """Reference row, NOT zero-shot: activation ranges from real training images."""
 
     name = "real-ptq"
+    uses_real_data = True
     # real images need no averaging over batches; a_range as ptq's ('' keeps the config's quant.a_range)
     options = {"batch_size": 64, "calib_batches": 4, "a_range": ""}
 

@@ -81,6 +81,7 @@ class RealKD(ZAQ):
     """Reference row, NOT zero-shot: ZAQ's Q training on real training images (no generator)."""
 
     name = "real-kd"
+    uses_real_data = True
 
     def run(self, ctx: RunContext) -> MethodOutput:
         cfg = self.zaq_config()
