@@ -50,7 +50,8 @@ class FPLogits:
 
 class FPLogitsCache:
     """P's logits per (weights fingerprint, evaluation-set key): computed once, then reused by
-    every evaluation of a quantized model on the same set (budget curves evaluate many)."""
+    every evaluation of a quantized model on the same set (budget curves evaluate many). Held in
+    memory: N x C float32, e.g. 200 MB for ImageNet's 50,000 validation images."""
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str], FPLogits] = {}
