@@ -11,6 +11,7 @@ optionally ``train/`` class folders, e.g. ImageNet), which is streamed from disk
 from __future__ import annotations
 
 import functools
+import json
 import math
 import pickle
 import sys
@@ -29,7 +30,7 @@ from zaqbench.errors import UserError
 from zaqbench.features import resolve_modules, stage_features
 from zaqbench.registry import TASKS
 
-from . import imagefolder
+from . import agreement, imagefolder
 from .fashion_mnist import load_fashion_mnist
 from .models import CLS_MODELS
 from .models.resnet_cifar import CifarResNet
@@ -71,7 +72,7 @@ SECTION_FIELDS = {
     "data": {"image_size", "resize", "mean", "std", "class_map"},
     "teacher": {"epochs", "batch_size", "lr", "momentum", "weight_decay", "seed", "max_samples", "workers",
                 "threads"},
-    "eval": {"batch_size", "max_samples", "subset_seed", "workers"},
+    "eval": {"batch_size", "max_samples", "subset_seed", "workers", "self_labelled"},
 }
 #: an FP top-1 below this multiple of chance (100 / classes evaluated) gets a warning
 CHANCE_MARGIN = 1.5
@@ -79,6 +80,16 @@ CHANCE_MARGIN = 1.5
 
 @TASKS.register_module(name="cls")
 class ClassificationAdapter(TaskAdapter):
+    """Image classification scored by top-1.
+
+    ``task.eval.self_labelled=True`` declares that the evaluation labels are the full-precision
+    model's own predictions (e.g. photo views filed under the class P predicts), so top-1 is
+    agreement with P; ``evaluate`` then also returns ``top5``, ``kl_fp``, ``top1_confident`` and
+    ``confident_fraction`` (``tasks/agreement.py``), measured against P's logits. P is the model
+    whose weights this adapter loads (``load_state_dict``) or trains (``train_teacher``), or the
+    one passed to ``set_fp_model``.
+    """
+
     metric = "top1"
     task_fields = frozenset({"model", "data", "features", "teacher", "eval"})
 
@@ -94,6 +105,8 @@ class ClassificationAdapter(TaskAdapter):
         self._auto_features: list[str] | None = None
         self._eval_classes = 0
         self._source = self._detect_source()
+        self._fp_model: nn.Module | None = None
+        self._fp_logits = agreement.FPLogitsCache()
 
     # -- up-front checks ----------------------------------------------------------
     def check(self) -> None:
@@ -117,6 +130,8 @@ class ClassificationAdapter(TaskAdapter):
                                       or value < (0 if key == "workers" else 1)):
                 raise UserError(f"task.{section}.{key} must be a {'non-negative' if key == 'workers' else 'positive'}"
                                 f" integer, got {value!r}")
+        if not isinstance(self.eval_cfg.get("self_labelled", False), bool):
+            raise UserError(f"task.eval.self_labelled must be True or False, got {self.eval_cfg['self_labelled']!r}")
         self._check_data()
         self._check_model()
 
@@ -378,6 +393,7 @@ class ClassificationAdapter(TaskAdapter):
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.close()
         model.eval()
+        self.set_fp_model(model)
 
     def teacher_key(self) -> dict[str, Any]:
         return {**super().teacher_key(), "data": self.data_cfg, "source": self._source}
@@ -388,10 +404,21 @@ class ClassificationAdapter(TaskAdapter):
         if isinstance(model, CifarResNet) and "linear.weight" in state and "fc.weight" not in state:
             state = {("fc." + k[len("linear."):] if k.startswith("linear.") else k): v for k, v in state.items()}
         super().load_state_dict(model, state)
+        self.set_fp_model(model)
+
+    def set_fp_model(self, model: nn.Module) -> None:
+        """Name P, the reference of the self-labelled metrics (``task.eval.self_labelled``)."""
+        self._fp_model = model
+
+    @property
+    def self_labelled(self) -> bool:
+        """``task.eval.self_labelled``: the evaluation labels are P's own predictions."""
+        return bool(self.eval_cfg.get("self_labelled", False))
 
     # -- score --------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
+        sums = self._agreement_sums(model) if self.self_labelled else None
         was_training = model.training
         model.eval()
         correct = total = 0
@@ -403,11 +430,39 @@ class ClassificationAdapter(TaskAdapter):
                 correct += (logits.argmax(1).cpu() == labels).sum().item()
                 total += len(labels)
                 seen.update(labels.tolist())
+                if sums is not None:
+                    sums.add(logits, labels)
         finally:
             model.train(was_training)
         self._eval_classes = len(seen)  # this rank's classes: only for the chance-level warning
         correct, total = distributed.all_sum([correct, total])  # exact: integer counts over ranks
-        return {"top1": 100.0 * correct / max(1, total)}
+        metrics = {"top1": 100.0 * correct / max(1, total)}
+        if sums is not None:
+            if sums.reference is None:  # P's own evaluation: keep its logits for the quantized models
+                self._fp_logits.put(agreement.weights_fingerprint(model), self._eval_set_key(), sums.recorded())
+            metrics.update(agreement.agreement_metrics(*distributed.all_sum(sums.totals())))
+        return metrics
+
+    def _agreement_sums(self, model: nn.Module) -> agreement.AgreementSums:
+        """Sums against P's cached logits; when ``model`` is P itself and nothing is cached yet, its
+        own evaluation fills the cache; otherwise P is evaluated first, once per evaluation set."""
+        if self._fp_model is None:
+            raise UserError("task.eval.self_labelled needs the full-precision model: load its weights through the "
+                            "adapter (load_state_dict, as the runner does) or call set_fp_model(model) first")
+        key, fingerprint = self._eval_set_key(), agreement.weights_fingerprint(self._fp_model)
+        cached = self._fp_logits.get(fingerprint, key)
+        if cached is None and model is not self._fp_model:
+            self.evaluate(self._fp_model)
+            cached = self._fp_logits.get(fingerprint, key)
+        return agreement.AgreementSums(reference=cached)
+
+    def _eval_set_key(self) -> str:
+        """What decides the evaluated views and their order: the data and its transform, the subset,
+        the batch size (a sample's logits may differ in the last bit with it) and this rank's shard."""
+        return json.dumps({"source": self._source, "data": self.data_identity(), "data_cfg": self.data_cfg,
+                           "eval": {k: v for k, v in self.eval_cfg.items() if k != "workers"},
+                           "rank": distributed.rank(), "world": distributed.world_size()},
+                          sort_keys=True, default=str)
 
     def _eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._source == "imagefolder":
@@ -423,7 +478,12 @@ class ClassificationAdapter(TaskAdapter):
             yield test.images[i:i + batch_size], test.labels[i:i + batch_size]
 
     def fp_warning(self, metrics: dict[str, float]) -> str | None:
-        """An FP top-1 at chance level almost always means wrong labels, not a bad model."""
+        """An FP top-1 at chance level almost always means wrong labels, not a bad model; on
+        self-labelled data an FP top-1 below 100 % means some labels are not P's predictions."""
+        if self.self_labelled and metrics.get("top1", 100.0) < 100.0:
+            return (f"task.eval.self_labelled is set but FP top-1 is {metrics['top1']:.2f} %: some labels are not the "
+                    "full-precision model's own predictions, so top-1 is not agreement with it (top5, kl_fp and "
+                    "top1_confident are still measured against its predictions)")
         if self._eval_classes < 2:
             return None
         chance = 100.0 / self._eval_classes

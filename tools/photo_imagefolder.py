@@ -6,6 +6,10 @@ is the only real-photo set on a machine without internet; it checks a real Image
 to end (class map, 256/224 transform, agreement with FP), not ImageNet accuracy.
 
     python tools/photo_imagefolder.py --out /tmp/photos
+
+Every view's label is the class the full-precision model predicts, so runs on this folder take
+``--cfg-options task.eval.self_labelled=True``: rows then carry top-5 agreement, the KL divergence
+from FP and top-1 on the views where FP is confident beside top-1 (``tasks/agreement.py``).
 """
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def test_real_mobilenet_v2_on_real_photos(tmp_path, monkeypatch, capsys):
     code = main(["--task", "cls", "--model", "mobilenet_v2_imagenet", "--checkpoint", str(weights),
                  "--data-root", str(photo_folder(tmp_path / "photos")), "--method", "fp,ptq", "--bits", "8",
                  "--out", str(out), "--work-dir", str(tmp_path / "work"), "--no-progress",
-                 "--cfg-options", "task.eval.workers=0", "methods.ptq.calib_batches=2"])
+                 "--cfg-options", "task.eval.workers=0", "task.eval.self_labelled=True", "methods.ptq.calib_batches=2"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert "warning" not in err  # weights-only load (no --trust-checkpoint), FP far above chance
@@ -59,6 +59,11 @@ def test_real_mobilenet_v2_on_real_photos(tmp_path, monkeypatch, capsys):
     assert float(rows["fp"]["value"]) == 100.0
     # FP is right on every view, so W8A8's top-1 is its agreement with FP (measured: 100 %, 18 of 18)
     assert float(rows["ptq"]["value"]) >= 80.0
+    # the photos are self-labelled (task.eval.self_labelled): agreement metrics beside top-1
+    extra = {m: dict(kv.split("=", 1) for kv in r["extra_metrics"].split(";") if "=" in kv) for m, r in rows.items()}
+    assert (float(extra["fp"]["top5"]), float(extra["fp"]["kl_fp"])) == (100.0, 0.0)
+    assert float(extra["fp"]["top1_confident"]) == 100.0 and float(extra["fp"]["confident_fraction"]) > 0.0
+    assert {"top5", "kl_fp", "top1_confident", "confident_fraction"} <= set(extra["ptq"])
 
 
 @needs_weights
