@@ -20,13 +20,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-# Photo -> the WordNet id of what it shows. Checked by looking at the photos and by running
-# torchvision's ImageNet MobileNetV2 (weights mobilenet_v2-b0353104.pth, its eval transform) on
-# each of the six views: every view's top-1 is this class, with probability 0.60-0.77 for chelsea
-# (a tabby; the other two of its top-3 are also cats: tiger cat, tabby), 0.98-1.00 for coffee (a
-# cup of espresso), 0.82-0.99 for camera (the cameraman stands behind a tripod). Other skimage
-# photos were left out: the astronaut, the rocket and the motorcycles are not ImageNet classes or
-# the model hesitates between two.
+# Photo -> the WordNet id of what it shows; how the photos were chosen and checked against
+# torchvision's ImageNet MobileNetV2: docs/findings/imagenet_check.md.
 PHOTO_CLASSES = {
     "chelsea.png": "n02124075",  # Egyptian cat
     "coffee.png": "n07920052",  # espresso

@@ -126,8 +126,7 @@ class TaskAdapter(abc.ABC):
     def teacher_threads(self) -> int | None:
         """``task.teacher.threads``: the CPU threads the teacher is trained with on any machine
         (None: the process's own). Why: on the CPU the trained teacher depends on the thread
-        count (measured on this suite's defaults: det 0.370 mAP with 1 thread, 0.341 with 2; seg
-        42.94 vs 43.09 mIoU; cls 92.42 vs 92.65 top-1), so pinning it makes a fresh machine train
+        count (docs/findings/threads_and_clones.md), so pinning it makes a fresh machine train
         the teacher behind the committed rows. Not part of the teacher's cache key, so existing
         caches and config hashes stay valid."""
         value = dict(self.task_cfg.get("teacher") or {}).get("threads")

@@ -1,9 +1,8 @@
 """A trust region around P's weights, measured in Q's own quantization steps.
 
 Why: on a CPU budget (batch 32, tens to hundreds of iterations) the adversarial
-game does not converge, and plain SGD on Q drifts away from P: measured on
-ResNet-20 / Fashion-MNIST W4A4, 200 iterations moved the weights about 3 % and
-took top-1 from 88.6 % to 24 %. Bounding each weight to ``k`` quantization
+game does not converge, and plain SGD on Q drifts away from P and collapses
+(docs/findings/stable_zaq.md). Bounding each weight to ``k`` quantization
 steps of P's weight keeps what ZAQ can still do well -- choose, per weight, a
 neighbouring grid point that agrees better with P (as AdaRound does with
 rounding) -- and makes the damage any run can do proportional to the grid:
@@ -71,9 +70,8 @@ class ProximalPull:
     Why: Adam with grid-scaled updates moves every weight about ``q_lr`` steps per update
     whatever the size of its gradient, so at 8 and 6 bits, where the discrepancy has little
     to say about any one weight, the noise of the generated batches still walks most
-    weights across their rounding boundaries (measured: seg W8A8 loses 1.3-1.7 mIoU between
-    iterations 40 and 100, README "A ZAQ that holds up"). Added to Q's loss with weight
-    ``lambda``, the penalty gives each weight the stationary point
+    weights across their rounding boundaries (docs/findings/bit_width_rule.md). Added to
+    Q's loss with weight ``lambda``, the penalty gives each weight the stationary point
     ``(W_q - W_p) / step = -(dD/dW * step) / lambda``: the loss change of a one-step move,
     in units of ``lambda``. The L1 discrepancies' gradients do not shrink with the bit width
     while the step does, so the same ``lambda`` lets weights move where a grid step matters
