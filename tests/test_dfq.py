@@ -145,8 +145,9 @@ def test_bias_correction_removes_the_expected_weight_error():
 
 
 def mobilenet() -> nn.Module:
-    """torchvision's MobileNetV2 at width 0.5 (stem 16 -> block 8: no residual around the first block), random weights and BN statistics far from identity
-    (channel scales spread over orders of magnitude, many ReLU6 clips)."""
+    """torchvision's MobileNetV2 at width 0.5 (stem 16 -> block 8: no residual around the first
+    block), random weights and BN statistics far from identity (channel scales spread over
+    orders of magnitude, many ReLU6 clips)."""
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=5).eval()
@@ -239,7 +240,8 @@ def test_high_bias_absorption_through_relu6_into_a_depthwise_conv():
 
 
 def test_clipped_relu_mean_matches_monte_carlo():
-    mean, std, ceiling = torch.tensor([-1.0, 0.0, 2.0, 7.0]), torch.tensor([0.5, 1.0, 3.0, 2.0]), torch.tensor([6.0, 1.0, 3.0, 6.0])
+    mean, std = torch.tensor([-1.0, 0.0, 2.0, 7.0]), torch.tensor([0.5, 1.0, 3.0, 2.0])
+    ceiling = torch.tensor([6.0, 1.0, 3.0, 6.0])
     y = torch.minimum(torch.relu(mean + std * torch.randn(200_000, 4)), ceiling)
     assert torch.allclose(clipped_relu_mean(mean, std, ceiling), y.mean(0), atol=0.02)
 

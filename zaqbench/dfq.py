@@ -83,7 +83,7 @@ class Chain:
     bn: str | None
     act: str
     conv2: str
-    relu: bool  # the activation is a ReLU (bias absorption and correction need its E[x] formula)
+    relu: bool  # the activation is a ReLU (its E[x] formula); ReLU6 chains say False and find their clip by `act`
 
 
 class NotApplicable(UserError):
