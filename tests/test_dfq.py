@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from zaqbench.dfq import (Chain, absorb_high_bias, correct_bias, equalize, find_chains, relu_mean)
+from zaqbench.dfq import (Chain, ChannelReLU6, absorb_high_bias, clipped_relu_mean, correct_bias, dfq_quantize,
+                          equalize, find_chains, relu_mean)
 from zaqbench.errors import UserError
 from zaqbench.quant import QConfig, quantize_model
 from zaqbench.runner import main
@@ -141,6 +142,164 @@ def test_bias_correction_removes_the_expected_weight_error():
         after = (q[2](x) - ref).mean(dim=(0, 2, 3)).abs()
     assert before.max() > 0.05
     assert after.max() < 0.1 * before.max()
+
+
+def mobilenet() -> nn.Module:
+    """torchvision's MobileNetV2 at width 0.5 (stem 16 -> block 8: no residual around the first
+    block), random weights and BN statistics far from identity (channel scales spread over
+    orders of magnitude, many ReLU6 clips)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=5).eval()
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            randomize_bn(m, g)
+            with torch.no_grad():
+                m.weight.mul_(torch.logspace(-1, 1, m.num_features)[torch.randperm(m.num_features, generator=g)])
+    return model
+
+
+def test_mobilenet_v2_chains_run_through_relu6_and_depthwise_convs():
+    chains, searched = find_chains(mobilenet())
+    assert searched == ["(model)"]
+    pairs = [(c.conv1, c.bn, c.act, c.conv2) for c in chains]
+    # stem -> first depthwise; each expanding block: expand -> depthwise, depthwise -> project
+    assert pairs[:3] == [("features.0.0", "features.0.1", "features.0.2", "features.1.conv.0.0"),
+                         ("features.1.conv.0.0", "features.1.conv.0.1", "features.1.conv.0.2", "features.1.conv.1"),
+                         ("features.2.conv.0.0", "features.2.conv.0.1", "features.2.conv.0.2", "features.2.conv.1.0")]
+    assert ("features.2.conv.1.0", "features.2.conv.1.1", "features.2.conv.1.2", "features.2.conv.2") in pairs
+    assert len(chains) == 2 + 2 * 16  # the project convs (no activation) start no chain
+    assert not any(c.relu for c in chains)
+
+
+def test_equalization_through_relu6_keeps_the_function_even_where_it_clips():
+    model = mobilenet()
+    x = torch.randn(2, 3, 32, 32)
+    clipped = []
+    hooks = [m.register_forward_hook(lambda m, i, o: clipped.append((o >= 6).float().mean().item()))
+             for m in model.modules() if isinstance(m, nn.ReLU6)]
+    with torch.no_grad():
+        before = model(x)
+    for h in hooks:
+        h.remove()
+    assert sum(c > 0.01 for c in clipped) > 10  # the ReLU6 clips are in play
+    chains, _, _ = equalize(model, iters=5, absorb=False)
+    clips = [m for m in model.modules() if isinstance(m, ChannelReLU6)]
+    assert len(clips) == len(chains)
+    with torch.no_grad():
+        after = model(x)
+    assert torch.allclose(after, before, rtol=1e-5, atol=1e-5 * before.abs().max().item())
+    with torch.no_grad():  # a fixed clip at 6 (ReLU6 kept, or ReLU in its place) would not be the same function
+        for m in clips:
+            m.ceiling.fill_(6.0)
+        assert not torch.allclose(model(x), before, rtol=1e-2, atol=1e-2 * before.abs().max().item())
+
+
+def test_equalization_through_depthwise_convs_equalizes_their_ranges():
+    model = mobilenet()
+    chains, _ = find_chains(model)
+    spread = {}  # folded conv1 of each chain: mean channel range / largest (1 = per-tensor loses nothing)
+    for when, m in (("before", model), ("after", model)):
+        if when == "after":
+            equalize(m, iters=20, absorb=False)
+        spread[when] = torch.stack([(r1.mean() / r1.max()) for r1, _ in (ranges(m, c) for c in chains)])
+    assert spread["after"].mean() > 2 * spread["before"].mean()
+    assert (spread["after"] > spread["before"]).float().mean() > 0.9
+    dw_project = chains[1]  # depthwise -> project, equalized after the chain before it in each sweep
+    r1, r2 = ranges(model, dw_project)
+    assert model.get_submodule(dw_project.conv1).groups == r1.numel()
+    assert torch.allclose(r1, r2, rtol=1e-4)
+    mods = dict(model.named_modules())
+    for chain in chains:  # ceiling_i = 6 / s_i: the clip scaled with its channel
+        clip = mods[chain.act]
+        assert isinstance(clip, ChannelReLU6) and clip.ceiling.std() > 0
+
+
+def test_high_bias_absorption_through_relu6_into_a_depthwise_conv():
+    """Exact where pre-activations stay above c, including those clipped at the ceiling."""
+    model = nn.Sequential(nn.Conv2d(2, 3, 1, bias=False), nn.BatchNorm2d(3), nn.ReLU6(),
+                          nn.Conv2d(3, 3, 3, groups=3)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(0.01)  # BN output ~ its bias
+        model[1].bias.copy_(torch.tensor([5.0, 0.1, 8.0]))
+        model[1].weight.fill_(1.0)
+    x = torch.randn(4, 2, 5, 5)
+    with torch.no_grad():
+        before = model(x)
+    (chain,) = find_chains(model)[0]
+    equalize(model, iters=1, absorb=False)  # the ReLU6 becomes per-channel
+    mods = dict(model.named_modules())
+    ceiling = mods["2"].ceiling.clone()
+    c = absorb_high_bias(mods, chain)
+    assert torch.allclose(c, torch.minimum(torch.tensor([2.0, 0.0, 5.0]) * ceiling / 6, ceiling))
+    assert (c > 0).sum() == 2
+    assert torch.allclose(mods["2"].ceiling, ceiling - c)
+    with torch.no_grad():
+        assert torch.allclose(model(x), before, atol=1e-5)
+
+
+def test_clipped_relu_mean_matches_monte_carlo():
+    mean, std = torch.tensor([-1.0, 0.0, 2.0, 7.0]), torch.tensor([0.5, 1.0, 3.0, 2.0])
+    ceiling = torch.tensor([6.0, 1.0, 3.0, 6.0])
+    y = torch.minimum(torch.relu(mean + std * torch.randn(200_000, 4)), ceiling)
+    assert torch.allclose(clipped_relu_mean(mean, std, ceiling), y.mean(0), atol=0.02)
+
+
+def test_bias_correction_of_a_depthwise_conv_after_relu6():
+    model = nn.Sequential(nn.BatchNorm2d(6), ChannelReLU6(6), nn.Conv2d(6, 6, 3, groups=6, bias=False)).eval()
+    randomize_bn(model[0], torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model[1].ceiling.copy_(torch.linspace(0.5, 6, 6))
+    q, _ = quantize_model(model, QConfig(wbits=2, abits=32, first_fp=False, last_fp=False))
+    bn = model[0]
+    x = torch.minimum(torch.relu(bn.bias.reshape(1, -1, 1, 1) + bn.weight.abs().reshape(1, -1, 1, 1)
+                                 * torch.randn(4000, 6, 3, 3)), model[1].ceiling.reshape(1, -1, 1, 1))
+    with torch.no_grad():
+        ref = nn.functional.conv2d(x, model[2].weight, groups=6)
+        before = (q[2](x) - ref).mean(dim=(0, 2, 3)).abs()
+        assert correct_bias(dict(q.named_modules()), Chain("x", "0", "1", "2", relu=False))
+        after = (q[2](x) - ref).mean(dim=(0, 2, 3)).abs()
+    assert before.max() > 0.05
+    assert after.max() < 0.1 * before.max()
+
+
+@pytest.mark.parametrize("a_placement", ["layer-input", "after-relu"])
+def test_dfq_quantize_on_mobilenet_v2_keeps_p_and_the_clips(a_placement):
+    """Q of the equalized model at full precision is P (the per-channel clips survive being wrapped
+    by activation quantizers after ReLUs); P itself keeps its ReLU6 modules."""
+    teacher = mobilenet()
+    x = torch.randn(2, 3, 32, 32)
+    qconfig = QConfig(wbits=32, abits=32, a_placement=a_placement)
+    q, report = dfq_quantize(teacher, qconfig, x, absorb_bias=False)
+    assert len(report.equalized) == 34 and report.bias_absorbed == 0
+    assert not any(isinstance(m, ChannelReLU6) for m in teacher.modules())
+    assert sum(isinstance(m, ChannelReLU6) for m in q.modules()) == 34
+    with torch.no_grad():
+        ref = teacher(x)
+        assert torch.allclose(q(x), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_dfq_on_mobilenet_v2_shrinks_per_tensor_weight_error_and_corrects_depthwise_biases():
+    teacher = mobilenet()
+    x = torch.zeros(1, 3, 32, 32)
+    qconfig = QConfig(wbits=8, abits=32, w_granularity="tensor", bn_fold=True)
+    plain, info = quantize_model(teacher, qconfig, example_input=x)
+    q, report = dfq_quantize(teacher, qconfig, x)
+    assert report.bias_absorbed > 0
+    assert "features.2.conv.1.0" in report.bias_corrected and "features.2.conv.2" in report.bias_corrected
+
+    def relative_error(model: nn.Module, names: list[str]) -> torch.Tensor:
+        """Mean over output channels of |Q(w) - w| / |w| of each (BN-folded) conv."""
+        mods = dict(model.named_modules())
+        return torch.stack([((m.weight_quant(m.weight) - m.weight).flatten(1).norm(dim=1)
+                             / m.weight.flatten(1).norm(dim=1)).mean() for m in (mods[n] for n in names)])
+
+    names = sorted({c[k] for c in report.equalized for k in ("conv1", "conv2")} & set(info["quantized"]))
+    assert len(names) > 40
+    with torch.no_grad():
+        before, after = relative_error(plain, names), relative_error(q, names)
+    assert after.mean() < 0.7 * before.mean()
 
 
 TOY = ["--task", "toy", "--no-progress"]

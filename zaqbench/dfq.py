@@ -9,12 +9,23 @@
    *BN-folded* weights (as in the paper), so the result is the same whether Q
    folds BN (``quant.bn_fold``) or not: without folding the 1/s_i goes into the
    BN's affine parameters, with folding ``quantize_model`` folds it into conv1.
+   Either conv may be depthwise (output channel i reads only input channel i), so
+   MobileNet's expand 1x1 -> depthwise 3x3 -> project 1x1 gives two chains.
 2. **High-bias absorption**: BN's output of channel i is ~N(beta_i, gamma_i^2);
    c_i = max(0, beta_i - 3 |gamma_i|) is subtracted before the ReLU and added back
    through conv2's bias (exact except where conv2's zero padding is read).
 3. **Analytical bias correction** after quantization: conv2's expected output
    error (W_q - W) E[x] is removed from its bias, with E[x] = E[ReLU(N(beta, gamma^2))]
    from the preceding BN.
+
+**ReLU6.** min(max(x, 0), 6) is not positively homogeneous: after scaling by 1/s_i
+the clip would have to sit at 6/s_i. The paper replaces ReLU6 by ReLU before
+equalizing, which changes the FP function wherever an activation exceeds 6. Here
+each equalized ReLU6 becomes a :class:`ChannelReLU6` whose per-channel ceiling
+follows the scales (6/s_i; 6/s_i - c_i after bias absorption), so the equalized
+model computes exactly what P computes, clipping included, and ``dfq`` - ``ptq``
+stays what equalization and bias correction buy, not a change of activation.
+E[x] for bias correction is then that of the clipped Gaussian.
 
 Chains are found on the torch.fx graph of the model; a model (OpenMMLab
 detectors and segmentors) that does not trace as a whole is searched module by
@@ -42,6 +53,26 @@ from .registry import METHODS
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)  # positively homogeneous: f(x / s) = f(x) / s for s > 0
 ACTIVATION_FUNCTIONS = (F.relu, torch.relu)
+CLIPPED_ACTIVATIONS = (nn.ReLU6,)  # homogeneous once the clip scales with the channel (ChannelReLU6)
+
+
+class ChannelReLU6(nn.ReLU6):
+    """min(max(x, 0), ceiling_i) on channel i: ReLU6 carried through cross-layer equalization.
+
+    A ReLU6 subclass, so whatever treats ReLU6 modules (activation quantization placed
+    after ReLUs) treats this one alike; the ceiling is a buffer, so it follows the model
+    across devices and copies."""
+
+    def __init__(self, channels: int, ceiling: float = 6.0, inplace: bool = False) -> None:
+        super().__init__(inplace=inplace)
+        self.register_buffer("ceiling", torch.full((channels,), float(ceiling)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ceiling = self.ceiling.reshape(1, -1, *([1] * (x.dim() - 2)))
+        return torch.minimum(torch.relu(x), ceiling)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.ceiling.numel()}"
 
 
 @dataclass
@@ -52,7 +83,7 @@ class Chain:
     bn: str | None
     act: str
     conv2: str
-    relu: bool  # the activation is a ReLU (bias absorption and correction need its E[x] formula)
+    relu: bool  # the activation is a ReLU (its E[x] formula); ReLU6 chains say False and find their clip by `act`
 
 
 class NotApplicable(UserError):
@@ -64,7 +95,7 @@ class _LeafTracer(fx.Tracer):
     wrapped Conv2d checks empty batches with Python control flow that cannot trace)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm) + ACTIVATIONS):
+        if isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm) + ACTIVATIONS + CLIPPED_ACTIVATIONS):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -72,6 +103,11 @@ class _LeafTracer(fx.Tracer):
 def _only_user(node: fx.Node) -> fx.Node | None:
     users = list(node.users)
     return users[0] if len(users) == 1 else None
+
+
+def _is_depthwise(conv: nn.Conv2d) -> bool:
+    """Output channel i reads input channel i only (one filter per channel)."""
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
 
 def _chains_in_graph(root: nn.Module, prefix: str) -> list[Chain]:
@@ -102,13 +138,16 @@ def _chains_in_graph(root: nn.Module, prefix: str) -> list[Chain]:
             continue
         if isinstance(module(nxt), ACTIVATIONS):
             act_name, relu = nxt.target, isinstance(module(nxt), nn.ReLU)
+        elif isinstance(module(nxt), CLIPPED_ACTIVATIONS) and calls[nxt.target] == 1:
+            act_name, relu = nxt.target, False  # its ceiling becomes per-channel: one call only
         elif nxt.op == "call_function" and nxt.target in ACTIVATION_FUNCTIONS:
             act_name, relu = f"{nxt.target.__name__}()", True
         else:
             continue
         conv2_node = _only_user(nxt)
         conv2 = module(conv2_node)
-        if isinstance(conv2, nn.Conv2d) and conv2.groups == 1 and conv1.groups == 1 and \
+        if isinstance(conv2, nn.Conv2d) and (conv2.groups == 1 or _is_depthwise(conv2)) and \
+                (conv1.groups == 1 or _is_depthwise(conv1)) and \
                 calls[conv2_node.target] == 1 and conv2.in_channels == conv1.out_channels:
             chains.append(Chain(full(node.target), full(bn_name) if bn_name else None, full(act_name),
                                 full(conv2_node.target), relu))
@@ -137,6 +176,47 @@ def _folded_scale(bn: nn.Module | None, channels: int, ref: torch.Tensor) -> tor
     return torch.ones(channels, device=ref.device) if bn is None else bn_scale(bn)
 
 
+def _input_ranges(conv: nn.Conv2d) -> torch.Tensor:
+    """max |w| over the weights that read each input channel, (C_in,)."""
+    w = conv.weight.abs()
+    return (w if _is_depthwise(conv) else w.transpose(0, 1)).flatten(1).amax(1)
+
+
+def _scale_inputs(conv: nn.Conv2d, s: torch.Tensor) -> None:
+    """Multiply the weights that read input channel i by s_i, in place."""
+    conv.weight.mul_(s.reshape(-1, 1, 1, 1) if _is_depthwise(conv) else s.reshape(1, -1, 1, 1))
+
+
+def _input_sums(conv: nn.Conv2d, weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in) sums of ``weight`` (shaped like conv's) over each kernel: the output
+    change per unit of a constant shift of each input channel (away from zero padding)."""
+    if _is_depthwise(conv):
+        return torch.diag(weight.sum(dim=(1, 2, 3)))
+    return weight.sum(dim=(2, 3))
+
+
+def _clip(modules: dict[str, nn.Module], chain: Chain) -> ChannelReLU6 | None:
+    act = modules.get(chain.act)
+    return act if isinstance(act, ChannelReLU6) else None
+
+
+@torch.no_grad()
+def per_channel_relu6(model: nn.Module, chains: list[Chain]) -> list[str]:
+    """Replace each chain's ReLU6 by a :class:`ChannelReLU6` with the same clip, in place
+    (the same function until equalization scales the ceilings); returns their names."""
+    modules = dict(model.named_modules())
+    replaced = []
+    for chain in chains:
+        act = modules.get(chain.act)
+        if isinstance(act, CLIPPED_ACTIVATIONS) and not isinstance(act, ChannelReLU6):
+            parent, _, attr = chain.act.rpartition(".")
+            conv1 = modules[chain.conv1]
+            clip = ChannelReLU6(conv1.out_channels, act.max_val).to(conv1.weight)
+            setattr(model.get_submodule(parent) if parent else model, attr, clip)
+            replaced.append(chain.act)
+    return replaced
+
+
 @torch.no_grad()
 def equalize_chain(modules: dict[str, nn.Module], chain: Chain) -> torch.Tensor:
     """One equalization step of a chain in place; returns the scales s (C,)."""
@@ -144,7 +224,7 @@ def equalize_chain(modules: dict[str, nn.Module], chain: Chain) -> torch.Tensor:
     bn = modules[chain.bn] if chain.bn else None
     folded = conv1.weight * _folded_scale(bn, conv1.out_channels, conv1.weight).reshape(-1, 1, 1, 1)
     r1 = folded.abs().flatten(1).amax(1)
-    r2 = conv2.weight.abs().transpose(0, 1).flatten(1).amax(1)
+    r2 = _input_ranges(conv2)
     s = torch.where((r1 > 0) & (r2 > 0), torch.sqrt(r1 / r2.clamp_min(1e-30)), torch.ones_like(r1))
     if bn is not None:  # BN normalises conv1's scale away: the 1/s goes into its affine output
         if not bn.affine:
@@ -155,7 +235,10 @@ def equalize_chain(modules: dict[str, nn.Module], chain: Chain) -> torch.Tensor:
         conv1.weight.div_(s.reshape(-1, 1, 1, 1))
         if conv1.bias is not None:
             conv1.bias.div_(s)
-    conv2.weight.mul_(s.reshape(1, -1, 1, 1))
+    clip = _clip(modules, chain)
+    if clip is not None:
+        clip.ceiling.div_(s)
+    _scale_inputs(conv2, s)
     return s
 
 
@@ -168,13 +251,19 @@ def _add_bias(conv: nn.Conv2d, delta: torch.Tensor) -> None:
 
 @torch.no_grad()
 def absorb_high_bias(modules: dict[str, nn.Module], chain: Chain, n_sigma: float = 3.0) -> torch.Tensor:
-    """Move c = max(0, beta - n_sigma |gamma|) from the BN's output into conv2's bias (ReLU chains)."""
+    """Move c = max(0, beta - n_sigma |gamma|) from the BN's output into conv2's bias (ReLU and
+    ReLU6 chains). Through a clip at u, c <= u and the ceiling drops to u - c:
+    min(max(x - c, 0), u - c) + c = min(max(x, 0), u) wherever x >= c."""
     bn, conv2 = modules[chain.bn], modules[chain.conv2]
-    if not chain.relu:
+    clip = _clip(modules, chain)
+    if not chain.relu and clip is None:
         return torch.zeros_like(bn.bias)  # LeakyReLU(x - c) != LeakyReLU(x) - c below 0
     c = (bn.bias - n_sigma * bn.weight.abs()).clamp_min(0)
+    if clip is not None:
+        c = torch.minimum(c, clip.ceiling)
+        clip.ceiling.sub_(c)
     bn.bias.sub_(c)
-    _add_bias(conv2, conv2.weight.sum(dim=(2, 3)) @ c)
+    _add_bias(conv2, _input_sums(conv2, conv2.weight) @ c)
     return c
 
 
@@ -187,19 +276,29 @@ def relu_mean(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return mean * cdf + std * pdf
 
 
+def clipped_relu_mean(mean: torch.Tensor, std: torch.Tensor, ceiling: torch.Tensor) -> torch.Tensor:
+    """E[min(max(y, 0), u)] for y ~ N(mean, std^2): the clip is ReLU(y) - ReLU(y - u)."""
+    return relu_mean(mean, std) - relu_mean(mean - ceiling, std)
+
+
 @torch.no_grad()
 def correct_bias(qmodules: dict[str, nn.Module], chain: Chain) -> bool:
     """Remove conv2's expected weight-quantization error (W_q - W) E[x] from its bias, with
-    E[x] from the BN before the ReLU. False if conv2 is not quantized or the chain has no BN."""
+    E[x] from the BN before the ReLU (or ReLU6). False if conv2 is not quantized, the chain has
+    no BN, or its activation has no E[x] formula here."""
     conv2 = qmodules[chain.conv2]
     if chain.bn is None or not hasattr(conv2, "weight_quant") or not conv2.weight_quant.active:
         return False
-    if not chain.relu:
+    clip = _clip(qmodules, chain)
+    if not chain.relu and clip is None:
         return False
     bn = qmodules[chain.bn]
-    expected = relu_mean(bn.bias, bn.weight.abs())  # (C_in,)
-    error = conv2.weight_quant(conv2.weight) - conv2.weight  # (C_out, C_in, k, k)
-    _add_bias(conv2, -(error.sum(dim=(2, 3)) @ expected))
+    if clip is None:
+        expected = relu_mean(bn.bias, bn.weight.abs())  # (C_in,)
+    else:
+        expected = clipped_relu_mean(bn.bias, bn.weight.abs(), clip.ceiling)
+    error = conv2.weight_quant(conv2.weight) - conv2.weight  # shaped like conv2's weight
+    _add_bias(conv2, -(_input_sums(conv2, error) @ expected))
     return True
 
 
@@ -225,6 +324,7 @@ def equalize(model: nn.Module, iters: int = 20, absorb: bool = True,
     if not chains:
         raise NotApplicable("no conv(+BN)->ReLU->conv chain found in the model graph "
                             f"(searched: {', '.join(searched) or 'nothing traced'})")
+    per_channel_relu6(model, chains)
     modules = dict(model.named_modules())
     for _ in range(iters):
         for chain in chains:
@@ -247,11 +347,11 @@ def dfq_quantize(teacher: nn.Module, qconfig: QConfig, example: torch.Tensor, eq
     qmodel, _ = quantize_model(model, qconfig, example_input=example)
     corrected = []
     if bias_correction:
+        stats = dict(model.named_modules())
+        # the equalized clips (Q may have wrapped them in activation quantizers)
+        qmods = {**dict(qmodel.named_modules()), **{c.act: stats[c.act] for c in chains if c.act in stats}}
         if qconfig.bn_fold:  # the BN statistics that give E[x] were folded away: keep P's (same chains)
-            stats = dict(model.named_modules())
-            qmods = {**dict(qmodel.named_modules()), **{c.bn: stats[c.bn] for c in chains if c.bn}}
-        else:
-            qmods = dict(qmodel.named_modules())
+            qmods.update({c.bn: stats[c.bn] for c in chains if c.bn})
         corrected = [c.conv2 for c in chains if correct_bias(qmods, c)]
     report = DFQReport(searched, [asdict(c) for c in chains], absorbed, corrected)
     print(report.summary(), file=sys.stderr)
