@@ -79,6 +79,7 @@ CHANCE_MARGIN = 1.5
 
 @TASKS.register_module(name="cls")
 class ClassificationAdapter(TaskAdapter):
+    title = "Classification"
     metric = "top1"
     task_fields = frozenset({"model", "data", "features", "teacher", "eval"})
 
