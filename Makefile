@@ -23,7 +23,7 @@ run: setup
 clean:
 	rm -rf work_dirs .pytest_cache
 
-# Issue 6: the full grid (resumable), then plots, then tables (which link the plots that exist).
+# The full grid (resumable), then plots, then tables (which link the plots that exist).
 regenerate: setup
 	$(PY) tools/regenerate.py --no-tables $(ARGS)
 	$(PY) tools/make_plots.py
@@ -32,7 +32,7 @@ regenerate: setup
 tables: setup
 	$(PY) tools/make_tables.py
 
-# Issue 10: ZAQ's budget curve (metric against iteration) for a task's default model, 3 seeds.
+# ZAQ's budget curve (metric against iteration) for a task's default model, 3 seeds.
 curves: setup
 	$(PY) tools/budget_curve.py --task $(TASK) $(if $(MODEL),--model $(MODEL)) --method zaq --bits 4 \
 		--seeds 0,1,2 --points 0,10,20,40,100,200,400 $(ARGS)

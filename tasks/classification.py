@@ -90,6 +90,7 @@ class ClassificationAdapter(TaskAdapter):
     one passed to ``set_fp_model``.
     """
 
+    title = "Classification"
     metric = "top1"
     task_fields = frozenset({"model", "data", "features", "teacher", "eval"})
 

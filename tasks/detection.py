@@ -89,6 +89,7 @@ class DetectionAdapter(TaskAdapter):
     :class:`tasks.scenes.SceneSpec` dict).
     """
 
+    title = "Detection"
     metric = "bbox_mAP"
     task_fields = frozenset({"data", "eval", "features", "input_size", "teacher"})
     writes_cache = True  # the default scenes and the teacher's mmengine logs live in the cache

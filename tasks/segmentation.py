@@ -149,6 +149,7 @@ class SegmentationAdapter(TaskAdapter):
     Metrics are mmseg's: percent (0-100).
     """
 
+    title = "Segmentation"
     metric = "mIoU"
     task_fields = frozenset({"data", "eval", "features", "input_size", "teacher"})
     writes_cache = True  # the default scenes and the teacher's mmengine logs live in the cache

@@ -1,8 +1,8 @@
-"""Options added for the official code's reproduction (issue 11) leave the config hashes of the
-shipped configs as they were: ``tests/data/config_hashes_before_issue11.json`` holds, per config
-and method, the hashes of the two parts these options could change (``qconfig.to_dict()`` and the
-method's ``cfg``), computed with the code before the options existed. The W4A4 jobs are compared:
-the recipe's bit-width rule (issue 10) applies from 6 bits up, so W4A4 keeps its hashes and rows."""
+"""The quantizer and loop options of the official code's reproduction leave the config hashes of
+the shipped configs as they were: ``tests/data/pinned_config_hashes.json`` holds, per config and
+method, the hashes of the two parts these options could change (``qconfig.to_dict()`` and the
+method's ``cfg``), computed without those options. The W4A4 jobs are compared: the recipe's
+bit-width rule applies from 6 bits up, so W4A4 keeps its hashes and rows."""
 import json
 from pathlib import Path
 
@@ -15,17 +15,17 @@ from zaqbench.registry import METHODS, build_method
 from zaqbench.runner import short_hash
 
 ROOT = Path(__file__).resolve().parents[1]
-BEFORE = json.loads((ROOT / "tests" / "data" / "config_hashes_before_issue11.json").read_text())
+PINNED = json.loads((ROOT / "tests" / "data" / "pinned_config_hashes.json").read_text())
 # the one config on the zaq-code preset: its quantizer is now the official one, so its quant hash moves
 ZAQ_CODE_CONFIG = "cls/resnet20_cifar10_paper"
-# issue 10, on purpose: the cls default's noise baselines average 32 batches' ranges
+# moved on purpose by the stable recipe: the cls default's noise baselines average 32 batches' ranges
 # (methods.<m>.a_range='ema'), in that config and the one built on it. Only these method cfgs move.
-ISSUE10_CHANGES = {f"{config}:{method}" for config in ("cls/resnet20", "cls/example_custom_model")
-                   for method in ("ptq", "dfq")}
+RECIPE_CHANGES = {f"{config}:{method}" for config in ("cls/resnet20", "cls/example_custom_model")
+                  for method in ("ptq", "dfq")}
 # and the seg scene models' budget: ZAQ and its variants 40 -> 100 iterations, GDFQ 120 -> 300 (README,
 # "The bit-width rule"); every other ZAQ cfg, the recipe's bit-width rule included, is the same at W4A4
-ISSUE10_CHANGES |= {f"seg/{model}:{method}" for model in ("deeplabv3", "fcn")
-                    for method in ("zaq", "zaq-no-feat", "zaq-no-act", "dfq+zaq", "gdfq")}
+RECIPE_CHANGES |= {f"seg/{model}:{method}" for model in ("deeplabv3", "fcn")
+                   for method in ("zaq", "zaq-no-feat", "zaq-no-act", "dfq+zaq", "gdfq")}
 
 
 def current_hashes() -> dict[str, dict[str, str]]:
@@ -49,14 +49,14 @@ def current_hashes() -> dict[str, dict[str, str]]:
 def test_shipped_config_hashes_are_unchanged(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))  # example_custom_model imports examples.custom_cls_model
     now = current_hashes()
-    assert set(BEFORE) <= set(now)
-    changed = {key: (BEFORE[key], now[key]) for key in BEFORE if BEFORE[key] != now[key]}
-    assert set(changed) & ISSUE10_CHANGES == ISSUE10_CHANGES
-    for key in ISSUE10_CHANGES:
+    assert set(PINNED) <= set(now)
+    changed = {key: (PINNED[key], now[key]) for key in PINNED if PINNED[key] != now[key]}
+    assert set(changed) & RECIPE_CHANGES == RECIPE_CHANGES
+    for key in RECIPE_CHANGES:
         before, after = changed.pop(key)
         assert before["quant"] == after["quant"] and before["method_cfg"] != after["method_cfg"]
     assert all(key.startswith(ZAQ_CODE_CONFIG + ":") for key in changed), changed
     for key, (before, after) in changed.items():
         assert before["method_cfg"] == after["method_cfg"] and before["quant"] != after["quant"]
-    assert len(changed) == sum(k.startswith(ZAQ_CODE_CONFIG + ":") for k in BEFORE) > 0
-    assert len(BEFORE) > 100
+    assert len(changed) == sum(k.startswith(ZAQ_CODE_CONFIG + ":") for k in PINNED) > 0
+    assert len(PINNED) > 100

@@ -1,4 +1,4 @@
-"""Bad input and faults a user can cause (issue 12): each ends with one clear ``error:`` line,
+"""Bad input and faults a user can cause: each ends with one clear ``error:`` line,
 a non-zero exit and nothing written, or (where stated) a warning and a finished run.
 
 The toy task (tests/toy_task.py) keeps every case to a fraction of a second.

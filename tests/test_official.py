@@ -1,4 +1,4 @@
-"""The official ZAQ code, reproduced (issue 11): the ``zaq-code`` quantizer options and the
+"""The official ZAQ code, reproduced: the ``zaq-code`` quantizer options and the
 ``zaq-official`` loop, against reference computations written out here from the official
 equations (independent of zaqbench's quantizer and engine code)."""
 from __future__ import annotations

@@ -27,6 +27,7 @@ def make_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @TASKS.register_module(name="toy")
 class ToyAdapter(TaskAdapter):
+    title = "Toy quadrants"
     metric = "accuracy"
     task_fields = frozenset({"width", "eval", "arch"})  # task.<anything else> is a typo, reported before any work
 

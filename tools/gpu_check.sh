@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue 11): one prepared command, no network, sized for at most 8 minutes
+# The GPU check: one prepared command, no network, sized for at most 8 minutes
 # on one H200-class GPU. It has NOT been run on a GPU yet (none was lent when it was
 # written); the budgets below are estimates, to be corrected by its first run.
 #

@@ -1,139 +1,30 @@
 #!/usr/bin/env python
-"""Plots for ``results/``: metric vs bit width per method, images from the trained
-ZAQ generator, and the ZAQ loss curves of the default run.
+"""Plots for ``results/``: metric vs bit width per method, images from the trained ZAQ generator,
+and the ZAQ loss curves of each task's default run (``zaqbench.run.plots`` says which run).
 
     python tools/make_plots.py [--tasks cls,det,seg] [--work-dir work_dirs]
 
-The generator images and loss curves come from the run folders the runner
-wrote (``work_dirs/<task>/<model>/zaq-w4a4-s0-<hash>/generator.pth`` and
-``losses.jsonl``): the folder of the ZAQ W4A4 seed-0 row of each task's default
-model in the CSV, found by its config hash.
+Without --tasks: every task with a ``<results>/<task>.csv``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tools.make_tables import read_rows  # noqa: E402
-from zaqbench.runner import default_model, run_dir_name  # noqa: E402
+import tasks  # noqa: F401 - registers the task adapters (the generator images build one)
+from zaqbench.run.plots import make_plots
+from zaqbench.runner import REPO_ROOT
 
 
-
-def plot_bits(task: str, df: pd.DataFrame, out: Path) -> None:
-    df = df[df.method != "fp"].copy()
-    df = df.drop_duplicates(subset=["model", "method", "wbits", "abits", "seed"], keep="last")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (model, method), g in df.groupby(["model", "method"]):
-        agg = g.groupby("wbits")["value"].agg(["mean", "std"]).reset_index().sort_values("wbits")
-        ax.errorbar(agg["wbits"], agg["mean"], yerr=agg["std"].fillna(0), marker="o", capsize=3,
-                    label=f"{method}" if df.model.nunique() == 1 else f"{model} {method}")
-    fp = df["fp_value"].max()
-    ax.axhline(fp, color="k", ls="--", lw=1, label="FP")
-    ax.set_xlabel("bits (WbAb)")
-    ax.set_ylabel(df["metric"].iloc[0])
-    ax.set_title(f"{task}: metric vs bit width")
-    ax.set_xticks(sorted(df["wbits"].unique()))
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def default_run(work_dir: Path, task: str, model: str, rows: list[dict]) -> Path | None:
-    """The run folder of the ZAQ W4A4 seed-0 row in the CSV (matched by its config hash)."""
-    hashes = [r["config_hash"] for r in rows if r["model"] == model and r["method"] == "zaq"
-              and r["wbits"] == 4 and r["abits"] == 4 and r["seed"] == 0]
-    if not hashes:
-        return None
-    run = work_dir / task / model / run_dir_name("zaq", 4, 4, 0, hashes[-1])
-    return run if (run / "generator.pth").exists() else None
-
-
-def plot_generated(task: str, model: str, run: Path, out: Path, n: int = 16) -> None:
-    import torch
-
-    import tasks  # noqa: F401
-    from zaqbench.generator import Generator
-    from zaqbench.registry import build_task
-    from zaqbench.runner import config_path, default_cache_dir, load_config
-
-    cfg = load_config(config_path(task, model, None, ROOT / "configs"), {})
-    adapter = build_task(task, cfg=cfg, model_name=model, data_root=None, cache_dir=default_cache_dir(),
-                         device=torch.device("cpu"))
-    spec = adapter.input_spec
-    state = torch.load(run / "generator.pth", weights_only=True)
-    nz = state["project.weight"].shape[1]
-    channels = state["seed_bn.weight"].shape[0]
-    # the head's output mode is in the run's config (no final BatchNorm: 'valid-range')
-    output = json.loads(torch.load(run / "checkpoint.pth", weights_only=True)["config"]).get("gen_output", "bn")
-    gen = Generator(spec, nz=nz, channels=channels, output=output)
-    gen.load_state_dict(state)
-    gen.train()  # batch statistics, as when Q trained on these images (engine.calibrate / the Q step)
-    with torch.no_grad():
-        x = gen(torch.randn(n, nz, generator=torch.Generator().manual_seed(0)))
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std).view(1, -1, 1, 1)
-    img = (x * std + mean).clamp(0, 1)
-    cols = 8
-    fig, axes = plt.subplots(n // cols, cols, figsize=(cols * 1.2, n // cols * 1.2))
-    for ax, im in zip(axes.flat, img):
-        ax.imshow(im.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if im.shape[0] == 1 else None)
-        ax.axis("off")
-    fig.suptitle(f"{task}/{model}: images from the trained ZAQ generator (W4A4)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def plot_losses(task: str, run: Path, out: Path) -> None:
-    records = [json.loads(ln) for ln in (run / "losses.jsonl").read_text().splitlines() if ln.strip()]
-    df = pd.DataFrame(records)
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3))
-    for ax, cols in zip(axes, (["loss_q"], ["d_o", "d_f"], ["l_a"])):
-        for c in cols:
-            ax.plot(df["iter"], df[c], label=c)
-        ax.set_xlabel("iteration")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{task}: ZAQ losses of the default run (W4A4, seed 0)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default="cls,det,seg")
-    p.add_argument("--results", default=str(ROOT / "results"))
-    p.add_argument("--work-dir", default=str(ROOT / "work_dirs"))
-    args = p.parse_args()
-    results, work = Path(args.results), Path(args.work_dir)
-    for task in args.tasks.split(","):
-        csv_path = results / f"{task}.csv"
-        rows = read_rows(csv_path, lambda m: print(f"warning: {m}", file=sys.stderr)) if csv_path.exists() else []
-        if rows:
-            plot_bits(task, pd.DataFrame(rows), results / f"{task}_bits.png")
-            print(f"wrote {results / f'{task}_bits.png'}", file=sys.stderr)
-        model = default_model(task, ROOT / "configs")
-        run = default_run(work, task, model, rows) if model else None
-        if run is None:
-            print(f"note: no ZAQ W4A4 run of {task}/{model} under {work}; skipping its image and loss plots",
-                  file=sys.stderr)
-            continue
-        plot_generated(task, model, run, results / f"{task}_generated.png")
-        plot_losses(task, run, results / f"{task}_losses.png")
-        print(f"wrote {task}_generated.png and {task}_losses.png from {run}", file=sys.stderr)
-    return 0
+    p.add_argument("--tasks", default=None, help="comma-separated tasks (default: every task with a CSV)")
+    p.add_argument("--results", default=str(REPO_ROOT / "results"))
+    p.add_argument("--work-dir", default=str(REPO_ROOT / "work_dirs"))
+    args = p.parse_args(argv)
+    names = [t for t in args.tasks.split(",") if t] if args.tasks else None
+    return make_plots(Path(args.results), Path(args.work_dir), names)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ class TaskAdapter(abc.ABC):
 
     #: name of the primary metric, e.g. 'top1', 'bbox_mAP', 'mIoU'
     metric: str = ""
+    #: the task's title in result tables, e.g. 'Detection'; empty: the task's registry key
+    title: str = ""
     #: show progress bars for long work (teacher training, data loading); ``--no-progress`` clears it
     progress: bool = True
     #: top-level keys of ``cfg.task`` this adapter reads; any other key is a typo and an error

@@ -386,6 +386,7 @@ class DFQ(NoisePTQ):
     has no data; the gap to the ``ptq`` row is what equalization and bias correction buy)."""
 
     name = "dfq"
+    display_order = 20
     options = {**NoisePTQ.options, **DFQ_OPTIONS}
 
     def check_options(self) -> None:
@@ -409,6 +410,7 @@ class DFQThenZAQ(ZAQ):
     """DFQ as pre-processing (equalization, bias absorption and correction), then ZAQ from there."""
 
     name = "dfq+zaq"
+    display_order = 60
     options = {**ZAQ.options, **DFQ_OPTIONS}
     method_only_options = (*ZAQ.method_only_options, *DFQ_OPTIONS)
 

@@ -74,7 +74,7 @@ class ZAQConfig:
     recalibrate_at_end: bool = True  # re-set ranges on the trained G's images
     checkpoint_interval: int = 50
     generator_channels: int = 128
-    # Stabilisers (issue 10). Each default is the official code's behaviour (off); the CPU
+    # Stabilisers. Each default is the official code's behaviour (off); the CPU
     # configs switch them on, and each has an ablation row (README, "A ZAQ that holds up").
     gen_output: str = "bn"  # 'bn' (official: Tanh + BatchNorm) | 'valid-range' (images in [0, 1] pixels)
     bns_weight: float = 0.0  # weight of a BN-statistics prior on the generator (P's running stats)
@@ -83,8 +83,8 @@ class ZAQConfig:
     q_trust_steps: float = 0.0  # > 0: keep Q's weights within this many quantization steps of P's
     q_prox_weight: float = 0.0  # > 0: add this * 1/2 sum ((W_q - W_p) / step)^2 to Q's loss
     q_anchor_fraction: float = 0.0  # share of each Q-step batch drawn from the untrained G's images
-    # The official code's loop (issue 11; the 'zaq-official' method sets these, README "The
-    # official code, reproduced"). Fields in LATER_FIELDS: see there.
+    # The official code's loop (the 'zaq-official' method sets these; README "The official
+    # code, reproduced"). Fields in LATER_FIELDS: see there.
     act_ranges: str = "frozen"  # 'frozen' after calibration | 'every-forward': every Q forward widens them
     relation_guard: str = "clamp"  # D_f's norm: 'clamp' at 1e-12 | 'exact' (and stop on zero vectors) | 'safe'
 

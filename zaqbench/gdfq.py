@@ -183,6 +183,7 @@ class GDFQ(Method):
     """GDFQ (Xu et al., ECCV 2020); label-free ``gdfq-bns`` where P has no image-level logits."""
 
     name = "gdfq"
+    display_order = 40
     options = {f: getattr(GDFQConfig(), f) for f in GDFQ_FIELDS}
 
     def check_options(self) -> None:

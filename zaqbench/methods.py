@@ -23,7 +23,7 @@ from .engine import ZAQConfig, ZAQTrainer
 from .errors import UserError
 from .quant import QConfig, calibrate_activations, quantize_model
 from .quant.fake_quant import RANGE_RULES
-from .registry import METHODS
+from .registry import METHODS, UNLISTED_ORDER
 from .zeroq import distill_batch
 
 
@@ -88,6 +88,12 @@ class Method:
                 raise UserError(f"methods.{self.name}.{key}={value!r} is not valid; use a finite number > 0")
 
     name = "method"
+    #: where the method's rows sit in a result table (lower first; gaps leave room for new methods)
+    display_order: int = UNLISTED_ORDER
+    #: said after the method's name in a table, e.g. that a row is a real-data reference
+    table_note: str = ""
+    #: whether the standard grid (tools/regenerate.py without --methods) runs the method
+    in_default_grid: bool = True
 
     def settings(self) -> dict[str, Any]:
         """The protocol options with the values this method runs with."""
@@ -122,6 +128,7 @@ class FullPrecision(Method):
     """The teacher itself: the reference every row is compared against."""
 
     name = "fp"
+    display_order = 0
 
     def run(self, ctx: RunContext) -> MethodOutput:
         return MethodOutput(ctx.teacher, calib_data="none", quantized=False)
@@ -132,9 +139,10 @@ class NoisePTQ(Method):
     """Data-free post-training quantization: weights min/max, activation ranges from N(0, 1) inputs."""
 
     name = "ptq"
+    display_order = 10
     # a_range: how the calibration batches' ranges combine; '' keeps the config's quant.a_range.
     # 'ema' (an exponential moving average of each batch's min/max) lets the noise baselines take
-    # many batches: a running min/max only widens with more Gaussian samples (README, issue 10).
+    # many batches: a running min/max only widens with more Gaussian samples (README).
     options = {"batch_size": 64, "calib_batches": 4, "a_range": ""}
 
     def __init__(self, **cfg: Any) -> None:
@@ -187,6 +195,8 @@ class RealPTQ(NoisePTQ):
 
     name = "real-ptq"
     uses_real_data = True
+    display_order = 90
+    table_note = "(reference, uses real data)"
     # real images need no averaging over batches; a_range as ptq's ('' keeps the config's quant.a_range)
     options = {"batch_size": 64, "calib_batches": 4, "a_range": ""}
 
@@ -204,6 +214,7 @@ class ZeroQ(NoisePTQ):
     """ZeroQ: calibrate activation ranges on BN-statistics-distilled inputs; no fine-tuning."""
 
     name = "zeroq"
+    display_order = 30
     options = {"batch_size": 64, "calib_batches": 1, "distill_iters": 500, "lr": 0.5}
 
     def batches(self, ctx: RunContext) -> Iterator[torch.Tensor]:
@@ -226,6 +237,7 @@ class ZAQ(Method):
     """Zero-shot adversarial quantization (Liu, Zhang, Wang, CVPR 2021)."""
 
     name = "zaq"
+    display_order = 50
     # wbits_rules: options that apply from a weight bit width up, e.g. [dict(min_wbits=6,
     # q_prox_weight=1e-3)]; resolved per job by ``for_bits``, so a job's hashed cfg holds the
     # options it runs with and never the rules (bit_rules.py)
@@ -288,6 +300,8 @@ class ZAQOfficial(ZAQ):
     a config may still set them. README "The official code, reproduced" lists what remains different."""
 
     name = "zaq-official"
+    display_order = 55
+    in_default_grid = False  # run by the paper config (configs/cls/resnet20_cifar10_paper.py)
     official = {"act_ranges": "every-forward", "relation_guard": "exact", "recalibrate_at_end": False}
     options = {**ZAQ.options, **official}
 
@@ -297,6 +311,7 @@ class ZAQNoFeature(ZAQ):
     """Ablation: output-level discrepancy only (alpha = 0)."""
 
     name = "zaq-no-feat"
+    display_order = 70
     overrides = {"alpha": 0.0}
 
 
@@ -305,6 +320,7 @@ class ZAQNoActivation(ZAQ):
     """Ablation: no activation regulariser (beta = 0)."""
 
     name = "zaq-no-act"
+    display_order = 80
     overrides = {"beta": 0.0}
 
 

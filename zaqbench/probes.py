@@ -1,7 +1,7 @@
 """Would a data-free choice of the returned iterate work? A test on finished budget-curve runs.
 
 A ZAQ run could return, instead of its last Q, the snapshot whose outputs agree best with P's
-on a fixed set of generated probes (issue 10 lists it as a candidate stabiliser). That only
+on a fixed set of generated probes (a candidate stabiliser). That only
 helps if the probe discrepancy tracks the task metric. For each snapshot of a run that
 ``tools/budget_curve.py`` trained (same options, so the same run folder), this evaluates the
 metric and D_o against P on two fixed probe sets, drawn with a seed of their own:

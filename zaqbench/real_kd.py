@@ -82,6 +82,8 @@ class RealKD(ZAQ):
 
     name = "real-kd"
     uses_real_data = True
+    display_order = 95
+    table_note = "(reference, uses real data)"
 
     def run(self, ctx: RunContext) -> MethodOutput:
         cfg = self.zaq_config()

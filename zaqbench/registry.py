@@ -38,3 +38,36 @@ def build_task(name: str, **kwargs: Any):
 
 def build_method(name: str, **kwargs: Any):
     return method_class(name)(**kwargs)
+
+
+# -- what tables, plots and the grid read from the registries ----------------------------------
+#: display order of a method that declares none (and of a name no method is registered under):
+#: after every built-in method, ties broken by name
+UNLISTED_ORDER = 100
+
+
+def task_title(name: str) -> str:
+    """A task's display title, as its adapter declares it (``title``); the task key itself for a
+    task that declares none or is not registered in this process (e.g. one registered through a
+    config's ``custom_imports``), so its rows still get a section."""
+    cls = TASKS.module_dict.get(name)
+    return getattr(cls, "title", "") or name
+
+
+def method_order(name: str) -> int:
+    """Where a method's rows sit in a table (its ``display_order``); unknown names go last."""
+    cls = METHODS.module_dict.get(name)
+    return getattr(cls, "display_order", UNLISTED_ORDER) if cls is not None else UNLISTED_ORDER
+
+
+def method_label(name: str) -> str:
+    """A method's name in a table, with the note its class declares (``table_note``), if any."""
+    note = getattr(METHODS.module_dict.get(name), "table_note", "")
+    return f"{name} {note}" if note else name
+
+
+def grid_methods() -> list[str]:
+    """The methods a standard grid runs: every registered one that does not opt out
+    (``in_default_grid = False``), in display order."""
+    names = [name for name, cls in METHODS.module_dict.items() if getattr(cls, "in_default_grid", True)]
+    return sorted(names, key=lambda name: (method_order(name), name))

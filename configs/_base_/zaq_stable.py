@@ -1,4 +1,4 @@
-# The stable ZAQ recipe (issue 10; README, "A ZAQ that holds up"), shared by every task's configs
+# The stable ZAQ recipe (README, "A ZAQ that holds up"), shared by every task's configs
 # through _base_, so one set of settings serves ResNet-20, RetinaNet, DeepLabV3 and torchvision
 # models with no per-model tuning. Each stabiliser is a named ZAQConfig option whose default is
 # the official code's behaviour; each has an ablation row in results/ablations/. A model config
@@ -22,9 +22,9 @@ zaq_stable = dict(
 methods = {'zaq': zaq_stable, 'zaq-no-feat': zaq_stable, 'zaq-no-act': zaq_stable}
 # The real-data ceiling: ZAQ's Q training, every setting the same, on real training images.
 methods['real-kd'] = zaq_stable
-# DFQ as ZAQ's starting point (issue 14) trains exactly like ZAQ.
+# DFQ as ZAQ's starting point trains exactly like ZAQ.
 methods['dfq+zaq'] = zaq_stable
-# GDFQ (issue 14) fine-tunes Q with the same Q-side settings as the stable ZAQ recipe (grid-scaled
+# GDFQ fine-tunes Q with the same Q-side settings as the stable ZAQ recipe (grid-scaled
 # Adam, trust region, Q's BN statistics kept, valid-range images), so a gdfq row differs from a zaq
 # row by the generator's objective (CE + BN statistics against P, no min-max) and Q's loss (KD + CE
 # instead of D_o + D_f), not by the optimiser. GDFQ's own loss weights (bns_weight=0.1, CE weight 1,

@@ -28,7 +28,7 @@ methods = dict(
     zaq=zaq_cpu,
     **{"real-ptq": dict(batch_size=128, calib_batches=16), "zaq-no-feat": zaq_cpu, "zaq-no-act": zaq_cpu,
        "real-kd": zaq_cpu},
-    # issue 14: DFQ calibrates activations on the same noise as ptq (the gap is equalization and bias
+    # DFQ calibrates activations on the same noise as ptq (the gap is equalization and bias
     # correction); GDFQ iterates cost ~1/3 of a ZAQ iteration (1 Q step, G sees P only), so about the
     # same compute as zaq_cpu buys ~3x the iterations
     dfq=dict(batch_size=128, calib_batches=32, a_range="ema"),

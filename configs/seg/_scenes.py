@@ -137,7 +137,7 @@ methods = dict(
     zeroq=dict(batch_size=16, calib_batches=2, distill_iters=200),
     **{'real-ptq': dict(batch_size=16, calib_batches=16), 'zaq-no-feat': zaq_cpu, 'zaq-no-act': zaq_cpu,
        'real-kd': zaq_cpu},
-    # issue 14: DFQ on ptq's noise; GDFQ in its label-free form (gdfq-bns) at ~ZAQ's compute
+    # DFQ on ptq's noise; GDFQ in its label-free form (gdfq-bns) at ~ZAQ's compute
     # (a GDFQ iteration costs about a third of a ZAQ one)
     dfq=dict(batch_size=16, calib_batches=16),
     gdfq=dict(iters=300, batch_size=8, generator_channels=32, checkpoint_interval=20, calib_batches=4),

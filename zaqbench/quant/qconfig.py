@@ -34,7 +34,7 @@ class QConfig:
     last_fp: bool = True  # keep the last quantizable layer in full precision
     fp_layers: tuple[str, ...] = field(default_factory=tuple)  # fnmatch patterns
     bn_fold: bool = False
-    # The official ZAQ code's quantizer (issue 11; README "The official code, reproduced"):
+    # The official ZAQ code's quantizer (README "The official code, reproduced"):
     a_placement: str = "layer-input"  # 'layer-input' (each quantized layer's input) | 'after-relu'
     ste: str = "clipped"  # 'clipped' (no gradient outside the range) | 'identity' (unchanged everywhere)
     w_range: str = "include-zero"  # weight range widened to contain 0 | 'minmax' (each channel's own)

@@ -83,7 +83,7 @@ methods = dict(
     zaq=zaq_cpu,
     **{'real-ptq': dict(batch_size=16, calib_batches=16), 'zaq-no-feat': zaq_cpu, 'zaq-no-act': zaq_cpu,
        'real-kd': zaq_cpu},
-    # issue 14: DFQ on ptq's noise; GDFQ in its label-free form (gdfq-bns) at ~ZAQ's compute
+    # DFQ on ptq's noise; GDFQ in its label-free form (gdfq-bns) at ~ZAQ's compute
     dfq=dict(batch_size=16, calib_batches=16),
     gdfq=dict(iters=120, batch_size=16, checkpoint_interval=20, calib_batches=4, generator_channels=32),
     **{'dfq+zaq': zaq_cpu},
