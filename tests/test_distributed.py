@@ -159,8 +159,16 @@ def test_first_zaq_step_2x16_equals_1x32(runs):
     # G's gradient, averaged over the ranks, is the global batch's. (Its Adam update is not
     # compared element by element: the first Adam step is about lr * sign(grad), and the biases
     # of convs followed by BN have a gradient that is 0 up to rounding, whose sign is noise.)
-    scale = max(g.abs().max().item() for g in single["g_grad"].values())
-    assert_close_dicts(two["g_grad"], single["g_grad"], rtol=1e-3, atol=1e-5 * scale)
+    # Compared as one vector (relative error of the difference): G's gradient flows back through
+    # quantized Q, where an activation within rounding of a grid boundary can round the other way in
+    # one run and move a few elements by ~1e-5 of the largest gradient, depending on the CPU's
+    # kernels (and conv biases before a BN have a gradient that is rounding noise); a gradient not
+    # averaged over the ranks would be off by a factor of 2.
+    assert two["g_grad"].keys() == single["g_grad"].keys()
+    flat = {run: torch.cat([g.flatten() for g in grads.values()]) for run, grads in
+            (("two", two["g_grad"]), ("single", single["g_grad"]))}
+    error = (flat["two"] - flat["single"]).norm() / flat["single"].norm()
+    assert error < 1e-3, f"G's gradient: relative error {error:.2e}"
     buffers = [k for k in single["g"] if "running" in k]
     assert_close_dicts({k: two["g"][k] for k in buffers}, {k: single["g"][k] for k in buffers},
                        rtol=1e-4, atol=1e-6)
