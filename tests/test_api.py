@@ -4,7 +4,6 @@ import sys
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import zaqbench

@@ -297,7 +297,7 @@ def test_after_relu_placement_on_resnet20():
 def test_after_relu_needs_relu_modules():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.GELU(), torch.nn.Conv2d(2, 2, 3))
     with pytest.raises(UserError, match="no nn.ReLU"):
-        quantize_model(model, QConfig(a_placement="after-relu"))
+        quantize_model(model, QConfig(a_placement="after-relu", first_fp=False))
 
 
 def test_bad_quant_options_are_one_line():

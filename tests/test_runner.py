@@ -83,7 +83,7 @@ def test_calibration_data_is_made_once_across_bit_widths(env, monkeypatch, capsy
     from tasks.classification import ClassificationAdapter
 
     calls = {"distill": 0, "real": 0}
-    distill, real_batches = zaqbench.methods.distill_batch, ClassificationAdapter.real_batches
+    distill, real_batches = zaqbench.methods.zeroq.distill_batch, ClassificationAdapter.real_batches
 
     def counting_distill(*args, **kwargs):
         calls["distill"] += 1
@@ -93,7 +93,7 @@ def test_calibration_data_is_made_once_across_bit_widths(env, monkeypatch, capsy
         calls["real"] += 1
         return real_batches(self, *args, **kwargs)
 
-    monkeypatch.setattr(zaqbench.methods, "distill_batch", counting_distill)
+    monkeypatch.setattr(zaqbench.methods.zeroq, "distill_batch", counting_distill)
     monkeypatch.setattr(ClassificationAdapter, "real_batches", counting_real_batches)
     assert run(env, "--method", "zeroq,real-ptq", "--bits", "8,6,4") == 0
     # zeroq's config distils 2 batches (calib_batches=2) and real-ptq reads train/ once: for all 3 widths

@@ -8,15 +8,12 @@ It is NOT data-free; it bounds what the data-free methods could reach with this 
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Iterator
 
 import torch
 
 from . import distributed
 from .engine import ZAQTrainer
-from .methods import ZAQ, MethodOutput, RunContext
-from .registry import METHODS
 
 #: offset of the training stream's seed from the run's seed (calibration draws use their own RNG)
 TRAIN_STREAM_OFFSET = 3_000_017
@@ -74,21 +71,3 @@ class RealDataTrainer(ZAQTrainer):
         super().load_state_dict(state)
         self._drawn = int(state["real_batches_drawn"])
         self._train_stream = None
-
-
-@METHODS.register_module(name="real-kd")
-class RealKD(ZAQ):
-    """Reference row, NOT zero-shot: ZAQ's Q training on real training images (no generator)."""
-
-    name = "real-kd"
-    uses_real_data = True
-    display_order = 95
-    table_note = "(reference, uses real data)"
-
-    def run(self, ctx: RunContext) -> MethodOutput:
-        cfg = self.zaq_config()
-        qmodel = self.quantize(ctx)
-        trainer = RealDataTrainer(ctx.adapter, copy.deepcopy(ctx.teacher), qmodel, cfg, ctx.work_dir, ctx.seed,
-                                  ctx.progress, ctx.snapshot_iters)
-        trained = trainer.run(resume=ctx.resume)
-        return MethodOutput(trained, calib_data="real-train-images", iters=cfg.iters)

@@ -188,7 +188,7 @@ custom_imports = dict(imports=['tests.colour_model'], allow_failed_imports=False
 task = dict(type='cls', model=dict(arch='colour_net', num_classes=3, in_channels=3),
             data=dict(image_size=16, class_map={class_map!r}),
             eval=dict(batch_size=5, workers=0, self_labelled=True))
-quant = dict(preset='default')
+quant = dict(preset='default', first_fp=False)  # the conv quantized, the head in FP
 methods = dict(ptq=dict(batch_size=4, calib_batches=1))
 """
 
