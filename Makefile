@@ -5,7 +5,7 @@ TASK ?= cls
 MODEL ?=
 ARGS ?=
 
-.PHONY: setup test bench run tables regenerate curves clean
+.PHONY: setup test test-fast bench run tables regenerate curves clean
 
 setup:
 	bash tools/setup_env.sh
@@ -36,3 +36,7 @@ tables: setup
 curves: setup
 	$(PY) tools/budget_curve.py --task $(TASK) $(if $(MODEL),--model $(MODEL)) --method zaq --bits 4 \
 		--seeds 0,1,2 --points 0,10,20,40,100,200,400 $(ARGS)
+
+# The tests without the slow ones (the markers are declared in setup.cfg).
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow"

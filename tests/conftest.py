@@ -92,3 +92,26 @@ def run_task_cli(tmp_path: Path, config: Path, *extra: str):
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     rows = list(csv.DictReader(open(out))) if out.exists() else []
     return proc, rows
+
+
+#: test files that build mmdet / mmseg models or datasets
+MM_FILES = {"test_detection.py", "test_segmentation.py", "test_scenes.py", "test_mm_config.py"}
+#: what in a test's source means it starts a child process
+CHILD_PROCESS = ("subprocess", "run_task_cli", "sys.executable")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The ``mm`` and ``subprocess`` markers, read off each test (its file, its source), so a new
+    test gets them without remembering to; ``slow`` is declared on the test itself."""
+    import inspect
+
+    for item in items:
+        if Path(str(item.fspath)).name in MM_FILES:
+            item.add_marker(pytest.mark.mm)
+        function = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(function) if function is not None else ""
+        except (OSError, TypeError):
+            source = ""
+        if any(word in source for word in CHILD_PROCESS):
+            item.add_marker(pytest.mark.subprocess)

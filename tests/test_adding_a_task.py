@@ -1,7 +1,9 @@
 """A task registered from outside tasks/ runs end to end through tools/run_task.py."""
+import pytest
 from tests.conftest import ROOT, run_task_cli
 
 
+@pytest.mark.slow
 def test_toy_task_runs_to_result_rows(tmp_path):
     proc, rows = run_task_cli(tmp_path, ROOT / "tests" / "data" / "toy_config.py")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -18,6 +18,7 @@ def test_import_is_light_and_lists_the_api():
     assert "quantize" in proc.stdout and "run_config" in proc.stdout
 
 
+@pytest.mark.slow
 def test_quantize_torchvision_model_in_a_fresh_process():
     code = ("import torch, torchvision, zaqbench\n"
             "torch.manual_seed(0)\n"

@@ -28,6 +28,7 @@ def rows(path):
     return list(csv.DictReader(open(path))) if Path(path).exists() else []
 
 
+@pytest.mark.slow
 def test_curve_rows_for_every_point_seed_and_method(env):
     assert run(env, "--method", "zaq,zaq-no-feat", "--seeds", "0,1", "--points", "0,1,3") == 0
     written = rows(env["out"])
@@ -43,6 +44,7 @@ def test_curve_rows_for_every_point_seed_and_method(env):
     assert len(runs) == 1 and len(list(runs[0].iterdir())) == 3
 
 
+@pytest.mark.slow
 def test_dry_run_trains_nothing_and_skip_existing_runs_only_missing_curves(env, capsys):
     assert run(env, "--seeds", "0", "--points", "0,2", "--dry-run") == 0
     listing = capsys.readouterr().out
@@ -83,6 +85,7 @@ def test_bad_zaq_option_fails_before_the_teacher(env, capsys):
     assert not (Path(env["work"]).parent / "cache" / "teachers").exists()
 
 
+@pytest.mark.slow
 def test_probes_read_each_snapshot_of_the_curve_run(env, tmp_path):
     from zaqbench.probes import PROBE_COLUMNS
     from zaqbench.probes import main as probes

@@ -144,6 +144,7 @@ def assert_close_dicts(a: dict, b: dict, **tol) -> None:
         torch.testing.assert_close(a[k], b[k], msg=lambda m, k=k: f"{k}: {m}", **tol)
 
 
+@pytest.mark.slow
 def test_first_zaq_step_2x16_equals_1x32(runs):
     tmp, dist_result, single_result = runs
     adapter = toy_adapter(tmp)
@@ -228,6 +229,7 @@ def _worker_resume(rank: int, port: int, tmp: str) -> None:
     distributed.shutdown()
 
 
+@pytest.mark.slow
 def test_killed_two_process_run_resumes(tmp_path):
     adapter = toy_adapter(tmp_path)
     teacher = toy_teacher(adapter, tmp_path)

@@ -122,6 +122,7 @@ def test_impossible_gdfq_options_name_the_option():
         build_method("gdfq", alpha=1.0)  # ZAQ's feature term is not part of GDFQ
 
 
+@pytest.mark.slow
 def test_toy_task_runs_every_baseline_through_the_cli(tmp_path):
     proc, rows = run_task_cli(tmp_path, ROOT / "tests" / "data" / "toy_baselines_config.py", "--bits", "8")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -19,6 +19,7 @@ def gpu_check(tmp_path, fmnist_root, *args):
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_smoke_runs_benchmark_teacher_and_the_paper_loop(tmp_path, fmnist_root):
     done = gpu_check(tmp_path, fmnist_root, "--smoke")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -37,6 +38,7 @@ def test_smoke_runs_benchmark_teacher_and_the_paper_loop(tmp_path, fmnist_root):
     assert list((tmp_path / "cache" / "teachers").glob("cls-resnet20-*.pth"))  # trained here, not shared
 
 
+@pytest.mark.slow
 def test_full_mode_needs_a_gpu_or_says_so(tmp_path, fmnist_root):
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: the full check would run, not refuse")

@@ -202,6 +202,7 @@ def corrupt(path: Path, line: int) -> None:
     path.write_bytes(b"".join(lines))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["near the top", "last line"])
 def test_invalid_bytes_in_the_results_csv_are_skipped_and_never_block_an_append(toy, capsys, where):
     assert run_toy(toy, "--method", "fp,ptq", "--bits", "8,4") == 0
@@ -225,6 +226,7 @@ def test_invalid_bytes_in_the_results_csv_are_skipped_and_never_block_an_append(
     assert tables.returncode == 0 and f"cls.csv:{bad_line}: invalid bytes" in tables.stderr
 
 
+@pytest.mark.slow
 def test_make_tables_with_a_missing_results_folder(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "make_tables.py"), "--results",
                            str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)

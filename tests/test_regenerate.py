@@ -28,6 +28,7 @@ def toy_configs(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_parallel_jobs_write_each_cell_once_and_resume(toy_configs):
     tmp = toy_configs
     args = ("--methods", "fp,ptq", "--bits", "8,4", "--seeds", "0,1", "--jobs", "2", "--no-progress")

@@ -29,6 +29,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_sigkilled_grid_resumes_to_exactly_one_row_per_cell(tmp_path):
     out = tmp_path / "toy.csv"
     env = {**os.environ, "ZAQBENCH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}

@@ -237,6 +237,7 @@ def test_two_zaq_iterations_change_q(adapter, model, tmp_path):
 
 
 # -- the stock mmdet RetinaNet R50 -------------------------------------------------------------
+@pytest.mark.slow
 def test_stock_retinanet_r50_builds_quantizes_and_runs_a_zaq_iteration(tmp_path):
     from zaqbench.engine import ZAQConfig, ZAQTrainer
 

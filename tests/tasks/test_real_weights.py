@@ -36,6 +36,7 @@ needs_weights = pytest.mark.skipif(
 needs_photos = pytest.mark.skipif(
     PHOTOS_SPEC is None, reason="needs the package scikit-image (its sample photos); `make test` installs it")
 
+@pytest.mark.slow
 @needs_weights
 @needs_photos
 def test_real_mobilenet_v2_on_real_photos(tmp_path, monkeypatch, capsys):
@@ -66,6 +67,7 @@ def test_real_mobilenet_v2_on_real_photos(tmp_path, monkeypatch, capsys):
     assert {"top5", "kl_fp", "top1_confident", "confident_fraction"} <= set(extra["ptq"])
 
 
+@pytest.mark.slow
 @needs_weights
 def test_self_labelled_folder_tool_with_real_weights(tmp_path):
     """tools/self_labelled_imagefolder.py (a plumbing check with no photos): synthetic patterns filed

@@ -197,6 +197,7 @@ def test_two_zaq_iterations_change_q_and_leave_p(adapter, tmp_path):
 
 
 # -- the stock mmseg config ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_stock_deeplabv3_r50_config_builds_quantizes_and_runs_an_engine_iteration(tmp_path):
     cfg = Config.fromfile(str(ROOT / "configs" / "seg" / "deeplabv3_r50_cityscapes.py"))
     cfg.task.input_size = (64, 64)  # small generator output; the config's own is the 512x1024 crop
