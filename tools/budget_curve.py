@@ -8,13 +8,8 @@ Writes ``results/curves/<task>_<model>.csv`` (protocol columns + iteration) and 
 Takes every option of ``tools/run_task.py`` (``--cfg-options``, ``--resume``, ``--work-dir``...).
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import tasks  # noqa: E402,F401  - registers the task adapters
-from zaqbench import methods  # noqa: E402,F401  - registers the methods
-from zaqbench.curves import main  # noqa: E402
+from zaqbench.run.cli import run_command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("curve"))

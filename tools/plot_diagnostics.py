@@ -9,9 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from zaqbench.plots import plot_run_diagnostics  # noqa: E402
+from zaqbench.plots import plot_run_diagnostics
 
 
 def main() -> int:

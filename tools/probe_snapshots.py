@@ -10,13 +10,8 @@ Writes ``results/curves/probes_<task>_<model>.csv`` and prints, per run, the ran
 -D_o with the metric and the iterate each probe set would pick. Never trains.
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import tasks  # noqa: E402,F401  - registers the task adapters
-from zaqbench import methods  # noqa: E402,F401  - registers the methods
-from zaqbench.probes import main  # noqa: E402
+from zaqbench.run.cli import run_command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("probes"))

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.class_map import imagenet_aliases  # noqa: E402
 from tasks.imagefolder import eval_transform  # noqa: E402

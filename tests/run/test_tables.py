@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import tests.toy_task  # noqa: F401 - registers the toy task, as a user's own module would
-from tools.make_tables import main as make_tables
+from zaqbench.run.tables import main as make_tables
 from zaqbench.methods import Method, MethodOutput, RunContext
 from zaqbench.registry import METHODS, grid_methods, method_label, method_order, task_title
 from zaqbench.results import COLUMNS, append_rows

@@ -8,6 +8,7 @@ Drawing the generator's images builds the task's adapter, so the task must be re
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -128,3 +129,23 @@ def make_plots(results: Path, work: Path, task_names: list[str] | None = None,
         plot_losses(task, run, results / f"{task}_losses.png")
         print(f"wrote {task}_generated.png and {task}_losses.png from {run}", file=sys.stderr)
     return 0
+
+
+MAIN_DOC = """Plots for ``results/``: metric vs bit width per method, images from the trained ZAQ generator,
+and the ZAQ loss curves of each task's default run (``zaqbench.run.plots`` says which run).
+
+    python tools/make_plots.py [--tasks cls,det,seg] [--work-dir work_dirs]
+
+Without --tasks: every task with a ``<results>/<task>.csv``.
+"""  # the command's --help
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=MAIN_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", default=None, help="comma-separated tasks (default: every task with a CSV)")
+    p.add_argument("--results", default=str(REPO_ROOT / "results"))
+    p.add_argument("--work-dir", default=str(REPO_ROOT / "work_dirs"))
+    args = p.parse_args(argv)
+    names = [t for t in args.tasks.split(",") if t] if args.tasks else None
+    return make_plots(Path(args.results), Path(args.work_dir), names)
+

@@ -15,6 +15,7 @@ section of its own.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,7 @@ from typing import Callable
 import pandas as pd
 
 from ..registry import TASKS, method_label, method_order, task_title
+from ..runner import REPO_ROOT
 from ..results import COLUMNS, NOT_APPLICABLE, probe_picks, read_csv_rows, read_frame
 
 Warn = Callable[[str], None]
@@ -334,3 +336,20 @@ def write_tables(results_dir: Path, out: str | None) -> int:
         tmp.replace(path)
         print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+MAIN_DOC = """Render the result CSVs of a folder into its ``README.md``: one section per task (registered
+tasks by their adapter's title; any other ``<task>.csv`` by its key), then the sub-folders'
+tables, the budget curves and the probe checks. Bad lines are reported and skipped.
+
+    python tools/make_tables.py [--results results] [--out results/README.md]
+"""  # the command's --help
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=MAIN_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default=str(REPO_ROOT / "results"))
+    p.add_argument("--out", default=None, help="default: <results>/README.md; '-' prints")
+    args = p.parse_args(argv)
+    return write_tables(Path(args.results), args.out)
+
