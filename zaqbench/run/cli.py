@@ -29,8 +29,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 BUILTINS = ("tasks", "zaqbench.methods")
 
 
+#: OpenMP threads that wait for work sleep instead of spinning: on a machine where another process
+#: keeps a core busy, spinning threads stall every parallel region; sleeping ones change no number
+#: (the arithmetic is the same). Set before torch starts its thread pool; the user's value wins.
+WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def run_command(name: str, argv: Sequence[str] | None = None) -> int:
     """Run sub-command ``name`` with ``argv`` (default: this process's arguments)."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault(*WAIT_POLICY)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     for package in BUILTINS:
