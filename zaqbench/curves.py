@@ -23,6 +23,7 @@ from .quant import layer_coverage, load_quantizer_state
 from .registry import method_class
 from .run_lock import hold_run_folders
 from .results import COLUMNS, append_rows, check_writable, git_commit
+from .run.lists import parse_list
 from .runner import (REPO_ROOT, Job, Plan, build_parser, build_plan, cli, keyed_rows, prepare_teacher,
                      result_row, row_key, say)
 
@@ -33,13 +34,8 @@ DEFAULT_POINTS = "0,10,20,40,100,200,400"
 
 
 def parse_int_list(text: str, option: str, minimum: int) -> list[int]:
-    """'0,10,40' -> [0, 10, 40]: sorted, unique, each >= minimum; anything else is one clear error."""
-    try:
-        values = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        raise UserError(f"{option} must be comma-separated integers, e.g. {DEFAULT_POINTS}; got '{text}'") from None
-    if not values:
-        raise UserError(f"{option} is empty; give at least one value, e.g. {DEFAULT_POINTS}")
+    """'0,10,40' -> [0, 10, 40], sorted; each >= minimum; a repeat or anything else is one clear error."""
+    values = sorted(parse_list(text, option, int, DEFAULT_POINTS if option == "--points" else "0,1,2"))
     if values[0] < minimum:
         raise UserError(f"{option} has {values[0]}; every value must be >= {minimum}")
     return values
@@ -56,7 +52,7 @@ def curve_parser() -> argparse.ArgumentParser:
 
 
 def trained_methods(arg: str | None) -> list[str]:
-    names = [m.strip() for m in (arg or "zaq").split(",") if m.strip()]
+    names = parse_list(arg or "zaq", "--method", str, "zaq,zaq-no-feat")
     for name in names:
         if not issubclass(method_class(name), ZAQ):
             raise UserError(f"budget curves need methods that train (ZAQ and its ablations); "

@@ -27,6 +27,7 @@ from .devices import describe, resolve_device
 from .errors import UserError
 from .methods import MethodOutput, RunContext
 from .quant import QConfig, check_quantizable, layer_coverage
+from .run.lists import parse_list
 from .run_lock import hold_run_folders
 from .registry import METHODS, build_method, build_task, method_class, task_class
 from .results import (COLUMNS, NOT_APPLICABLE, append_rows, check_writable, format_extra_metrics,
@@ -122,17 +123,7 @@ def run_dir_name(method: str, wbits: int, abits: int, seed: int, config_hash: st
 
 def parse_int_items(text: str, option: str) -> list[int]:
     """``8,6,4`` -> [8, 6, 4]; an empty item, a non-integer or a repeat is an error."""
-    items = [item.strip() for item in text.split(",")]
-    if not text.strip() or any(not item for item in items):
-        raise UserError(f"{option} '{text}' has an empty item; give comma-separated integers, e.g. {option} 8,6,4")
-    try:
-        values = [int(item) for item in items]
-    except ValueError:
-        raise UserError(f"{option} must be comma-separated integers, got '{text}'") from None
-    repeated = sorted({v for v in values if values.count(v) > 1})
-    if repeated:
-        raise UserError(f"{option} '{text}' repeats {repeated}; give each value once")
-    return values
+    return parse_list(text, option, int, "8,6,4")
 
 
 def parse_bits(args: argparse.Namespace) -> list[tuple[int, int]]:
@@ -183,13 +174,7 @@ def short_hash(obj: Any) -> str:
 
 def method_list(arg: str | None, cfg) -> list[str]:
     if arg is not None:
-        names = [m.strip() for m in arg.split(",")]
-        if not arg.strip() or any(not m for m in names):
-            raise UserError(f"--method '{arg}' has an empty item; give comma-separated method names, "
-                            f"e.g. --method ptq,zaq (valid: {', '.join(sorted(METHODS.module_dict))})")
-        repeated = sorted({m for m in names if names.count(m) > 1})
-        if repeated:
-            raise UserError(f"--method '{arg}' repeats {repeated}; give each method once")
+        names = parse_list(arg, "--method", str, "ptq,zaq")
     else:
         names = list(cfg.get("default_methods", [])) or sorted(METHODS.module_dict)
     for name in names:

@@ -30,6 +30,7 @@ from ..devices import resolve_device
 from ..errors import UserError
 from ..registry import TASKS, grid_methods
 from ..runner import REPO_ROOT, default_model
+from .lists import parse_list
 
 Job = tuple[str, str, str]  # task, seed, comma-separated methods
 Command = Callable[[str, str, str], list[str]]
@@ -81,14 +82,20 @@ def regenerate(args: argparse.Namespace, passthrough: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     configs = Path(args.configs)
-    tasks = default_tasks(configs) if args.task is None else [t for t in args.task.split(",") if t]
+    try:
+        tasks = default_tasks(configs) if args.task is None else parse_list(args.task, "--task", str, "cls,det")
+        seeds = parse_list(args.seeds, "--seeds", str, "0,1,2")
+        if args.methods is not None:
+            parse_list(args.methods, "--methods", str, "ptq,zaq")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     models = {t: default_model(t, configs) for t in tasks}
     unknown = [t for t, m in models.items() if m is None]
     if unknown:
         valid = sorted(p.parent.name for p in configs.glob("*/DEFAULT"))
         print(f"error: no default model for task(s) {unknown}; tasks with one: {', '.join(valid)}", file=sys.stderr)
         return 2
-    seeds = [s for s in args.seeds.split(",") if s]
     methods = default_methods() if args.methods is None else args.methods
 
     def command(task: str, seed: str, methods: str) -> list[str]:

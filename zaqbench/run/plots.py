@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import UserError
 from ..plots import _pyplot
 from ..runner import REPO_ROOT, default_model, run_dir_name
+from .lists import parse_list
 from .tables import read_rows, task_files
 
 
@@ -146,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(REPO_ROOT / "results"))
     p.add_argument("--work-dir", default=str(REPO_ROOT / "work_dirs"))
     args = p.parse_args(argv)
-    names = [t for t in args.tasks.split(",") if t] if args.tasks else None
+    try:
+        names = parse_list(args.tasks, "--tasks", str, "cls,det") if args.tasks else None
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return make_plots(Path(args.results), Path(args.work_dir), names)
 
