@@ -1,4 +1,4 @@
-# The toy task with GDFQ, DFQ and DFQ+ZAQ at tiny budgets (tests/test_gdfq.py, tests/test_dfq.py).
+# The toy task with GDFQ, DFQ and DFQ+ZAQ at tiny budgets (tests/methods/test_gdfq.py, tests/methods/test_dfq.py).
 custom_imports = dict(imports=["tests.toy_task"], allow_failed_imports=False)
 task = dict(type="toy", width=8)
 quant = dict(preset="default")

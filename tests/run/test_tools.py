@@ -14,7 +14,7 @@ from zaqbench import methods  # noqa: F401 - registers the methods (row order an
 from zaqbench.run.tables import render
 from zaqbench.results import COLUMNS, append_rows
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _toy_cmd(out, tmp_path, *extra):

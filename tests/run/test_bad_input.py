@@ -18,7 +18,7 @@ import torch
 from zaqbench.errors import UserError
 from zaqbench.runner import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOY = str(ROOT / "tests" / "data" / "toy_config.py")
 
 

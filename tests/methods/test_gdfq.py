@@ -17,7 +17,7 @@ from zaqbench.methods import RunContext
 from zaqbench.quant import QConfig, quantize_model
 from zaqbench.registry import build_method
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def toy(tmp_path, cls=ToyAdapter):

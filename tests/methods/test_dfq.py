@@ -314,7 +314,7 @@ def toy_args(tmp_path, config_dir, *extra):
 def toy_env(tmp_path, monkeypatch):
     from pathlib import Path
     monkeypatch.setenv("ZAQBENCH_CACHE", str(tmp_path / "cache"))
-    return Path(__file__).parent / "data"
+    return Path(__file__).parents[1] / "data"
 
 
 def read(path):
