@@ -17,9 +17,9 @@ from zaqbench.results import COLUMNS, append_rows
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _toy_cmd(out, tmp_path, *extra):
+def _toy_cmd(out, tmp_path, *extra, config="toy_config.py"):
     return [sys.executable, str(ROOT / "tools" / "run_task.py"), "--task", "toy",
-            "--config", str(ROOT / "tests" / "data" / "toy_config.py"), "--out", str(out),
+            "--config", str(ROOT / "tests" / "data" / config), "--out", str(out),
             "--work-dir", str(tmp_path / "work"), "--no-progress", "--bits", "8,6,4",
             "--cfg-options", "methods.zaq.iters=80", *extra]
 
@@ -31,23 +31,21 @@ def _rows(path):
 
 @pytest.mark.slow
 def test_sigkilled_grid_resumes_to_exactly_one_row_per_cell(tmp_path):
-    out = tmp_path / "toy.csv"
+    out, marker = tmp_path / "toy.csv", tmp_path / "blocked"
     env = {**os.environ, "ZAQBENCH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(_toy_cmd(out, tmp_path, "--skip-existing", "--resume"), env=env,
+    command = _toy_cmd(out, tmp_path, "--skip-existing", "--resume", config="toy_blocking_config.py")
+    proc = subprocess.Popen(command, env={**env, "ZAQBENCH_TEST_BLOCK": str(marker)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and len(_rows(out)) >= 3:
-            break
+    deadline = time.time() + 240  # the child writes the marker when it reaches the blocking job (W8A8)
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
+    assert marker.exists(), "the child never reached the blocking job"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = len(_rows(out))
-    assert 1 <= done_before < 7  # killed half way
-    subprocess.run(_toy_cmd(out, tmp_path, "--skip-existing", "--resume"), env=env, check=True,
-                   capture_output=True, timeout=300)
+    assert [(r["method"], r["wbits"]) for r in _rows(out)] == [("fp", "32"), ("ptq", "8")]  # killed half way
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
     cells = [(r["method"], r["wbits"], r["seed"]) for r in _rows(out)]
-    assert sorted(cells) == sorted([("fp", "32", "0")] + [(m, b, "0") for m in ("ptq", "zaq")
+    assert sorted(cells) == sorted([("fp", "32", "0")] + [(m, b, "0") for m in ("ptq", "block", "zaq")
                                                           for b in ("8", "6", "4")])
 
 
