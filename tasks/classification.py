@@ -11,6 +11,7 @@ optionally ``train/`` class folders, e.g. ImageNet), which is streamed from disk
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import pickle
@@ -264,6 +265,17 @@ class ClassificationAdapter(TaskAdapter):
                 x = x.pin_memory()
             self._splits[name] = TensorSplit(x, torch.as_tensor(labels, dtype=torch.long))
         return self._splits[name]
+
+    def data_identity(self) -> dict[str, str]:
+        """The base identity plus, for a class map given as a file, a hash of its content: the
+        labels come from it, so an edited map (same path) must not reuse a teacher, a row or a
+        config hash made with the old one."""
+        identity = super().data_identity()
+        setting = self.data_cfg.get("class_map")
+        path = Path(str(setting)).expanduser() if setting else None
+        if identity and path is not None and path.is_file():
+            identity = {**identity, "class_map": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
+        return identity
 
     def check_real_data(self) -> None:
         if self._source == "imagefolder":

@@ -69,6 +69,25 @@ def eval_transform(size: int, resize: int, mean: Sequence[float], std: Sequence[
                                transforms.Normalize(mean, std)])
 
 
+def to_rgb(img):
+    """An 8-bit RGB image of what the file shows: EXIF orientation applied (as a viewer shows a
+    rotated photo), 16-bit, 32-bit integer and float greyscale scaled to 8 bits (PIL's own
+    ``convert`` clips them at 255, turning a 16-bit photo all white), palette, CMYK and bilevel
+    images converted as PIL does, an alpha channel dropped as torchvision's loader drops it."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I") or img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode == "F" and values.size and np.nanmax(values) <= 1.0:
+            values = values * 255.0  # floats in [0, 1]
+        elif img.mode != "F" and values.size and values.max() > 255:
+            values = values / (65535.0 if values.max() <= 65535 else values.max()) * 255.0  # 16-bit (or wider)
+        img = Image.fromarray(np.clip(np.nan_to_num(values), 0, 255).round().astype(np.uint8))
+    return img.convert("RGB")
+
+
 class ImageFiles(Dataset):
     """(image, label) pairs decoded on demand; a file that cannot be decoded is a ``UserError``."""
 
@@ -84,7 +103,7 @@ class ImageFiles(Dataset):
         path, label = self.samples[i]
         try:
             with Image.open(path) as img:
-                image = img.convert("RGB")
+                image = to_rgb(img)
         except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for truncated / foreign files
             raise UserError(f"cannot decode image '{path}' ({err}); remove or replace the file") from None
         return self.transform(image), label
