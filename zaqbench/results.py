@@ -171,14 +171,37 @@ def check_writable(path: Path, columns: list[str] = COLUMNS) -> None:
         read_header(path, columns)
 
 
+BOM = "\ufeff"  # the byte-order mark spreadsheet programs put at the start of a UTF-8 CSV they save
+#: a text cell starting with one of these is a formula to a spreadsheet program: it is written
+#: with a leading apostrophe, which those programs show as text
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def read_header(path: Path, columns: list[str] = COLUMNS) -> list[str]:
+    """The header of an existing results file (a leading byte-order mark is ignored); a header of
+    another schema is an error."""
     with open(path, "rb") as f:
-        first = f.readline().decode("utf-8", errors="replace")
-    header = next(csv.reader([first]), [])
+        first = f.readline().decode("utf-8", errors="replace").removeprefix(BOM)
+    header = next(csv.reader([first.rstrip("\r\n")]), [])
     if header != columns:
         raise UserError(f"{path} has a header that does not match the results schema; "
                         "move it away or pass another --out")
     return header
+
+
+def safe_cell(value: Any) -> Any:
+    """A cell as it is written: on one line (a newline or carriage return inside a path or a
+    name is written as ``\\n`` / ``\\r``, since rows never span lines), and text that a
+    spreadsheet program would run as a formula starts with an apostrophe. Numbers are unchanged."""
+    if not isinstance(value, str):
+        return value
+    value = value.replace("\r", "\\r").replace("\n", "\\n")
+    if value.startswith(FORMULA_STARTS):
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+    return value
 
 
 def read_csv_rows(path: Path, warn: Callable[[str], None]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
@@ -195,9 +218,15 @@ def read_csv_rows(path: Path, warn: Callable[[str], None]) -> tuple[list[str], l
             except UnicodeDecodeError:
                 warn(f"{path}:{line_no}: invalid bytes (not UTF-8); line skipped")
                 continue
+            if line_no == 1:
+                text = text.removeprefix(BOM)
             if not text.strip():
                 continue
-            fields = next(csv.reader([text]), [])
+            try:
+                fields = next(csv.reader([text.rstrip("\r\n")]), [])
+            except csv.Error as err:  # e.g. a bare carriage return inside an unquoted field
+                warn(f"{path}:{line_no}: unreadable line ({err}); skipped")
+                continue
             if not header:
                 header = fields
                 continue
@@ -229,7 +258,7 @@ def append_rows(path: Path, rows: list[dict[str, Any]], columns: list[str] = COL
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         if not existing:
             writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({key: safe_cell(value) for key, value in row.items()} for row in rows)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
