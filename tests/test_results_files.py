@@ -45,3 +45,25 @@ def test_cells_stay_on_one_line_and_never_start_a_formula(tmp_path):
     assert len(lines) == 2  # the header and one row: a newline in a cell never splits a row
     cells = next(csv.DictReader(path.open()))
     assert cells["dataset"] == "'=1+2@/data/a\\nb" and cells["calib_data"] == "'+x"
+
+
+def test_a_full_fingerprint_sees_an_in_place_edit_the_sampled_one_misses(tmp_path):
+    import os
+
+    from zaqbench.data_identity import data_identity, describe
+
+    root = tmp_path / "data"
+    for i in range(200):  # more files than the sampled fingerprint reads
+        (root / "val" / "c").mkdir(parents=True, exist_ok=True)
+        (root / "val" / "c" / f"{i:03d}.bin").write_bytes(bytes([i % 256]) * 100)
+    cache = tmp_path / "cache"
+    before = {kind: data_identity(str(root), kind, cache) for kind in ("sampled", "full")}
+    target = root / "val" / "c" / "001.bin"  # not among the 64 sampled files (every third)
+    stat = target.stat()
+    target.write_bytes(b"\xff" * 100)  # same size
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    after = {kind: data_identity(str(root), kind, cache) for kind in ("sampled", "full")}
+    assert before["sampled"] == after["sampled"]  # documented blind spot of the sampled kind
+    assert before["full"]["fingerprint"] != after["full"]["fingerprint"]
+    assert "fingerprint_kind" not in before["sampled"] and "#full:" in describe("d", after["full"])
+    assert (cache / "file_hashes.json").exists()

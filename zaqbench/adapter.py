@@ -55,6 +55,8 @@ class TaskAdapter(abc.ABC):
     title: str = ""
     #: show progress bars for long work (teacher training, data loading); ``--no-progress`` clears it
     progress: bool = True
+    #: how the user's data is fingerprinted: 'sampled' or 'full' (``--fingerprint``)
+    fingerprint_kind: str = "sampled"
     #: top-level keys of ``cfg.task`` this adapter reads; any other key is a typo and an error
     #: (``type`` is always allowed). Empty means "not declared": no check.
     task_fields: frozenset[str] = frozenset()
@@ -82,7 +84,7 @@ class TaskAdapter(abc.ABC):
         """The user's data location and content fingerprint ({} for the embedded default);
         computed once. The teacher cache key, config hashes and rows include it."""
         if self._cached_data_identity is None:
-            self._cached_data_identity = data_identity(self.data_root)
+            self._cached_data_identity = data_identity(self.data_root, self.fingerprint_kind, self.cache_dir)
         return self._cached_data_identity
 
     def check(self) -> None:

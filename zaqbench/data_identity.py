@@ -7,6 +7,7 @@ of different data cannot be mistaken for each other (or skipped as done).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -50,16 +51,68 @@ def fingerprint(root: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def data_identity(data_root: str | None) -> dict[str, str]:
-    """{} for the embedded default data, else {'root': absolute path, 'fingerprint': ...}."""
+def full_fingerprint(root: Path, cache_file: Path | None = None) -> str:
+    """sha256 (16 hex) of every file's relative path and whole content: any edit changes it,
+    including an in-place rewrite of a file the sampled fingerprint does not read. Each file's
+    hash is kept in ``cache_file`` keyed by its path, size and modification time, so a second
+    run re-reads only the files that changed."""
+    root = Path(root)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    try:
+        known = json.loads(cache_file.read_text()) if cache_file and cache_file.exists() else {}
+    except (OSError, ValueError):
+        known = {}
+    seen: dict[str, list] = {}
+    digest = hashlib.sha256()
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns]
+        entry = known.get(key)
+        if entry is None or entry[:2] != stamp:
+            file_digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    file_digest.update(chunk)
+            entry = [*stamp, file_digest.hexdigest()]
+        seen[key] = entry
+        digest.update(f"{path.relative_to(root) if path != root else path.name}\0{entry[2]}\n".encode())
+    if cache_file is not None:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**known, **seen}))
+            tmp.replace(cache_file)
+        except OSError:  # an unwritable cache costs a re-read next time, nothing else
+            pass
+    return digest.hexdigest()[:16]
+
+
+#: the fingerprints a run can take of user data: 'sampled' (sizes plus the bytes of 64 files,
+#: the default) or 'full' (every byte, with per-file hashes cached)
+FINGERPRINTS = ("sampled", "full")
+
+
+def data_identity(data_root: str | None, kind: str = "sampled", cache_dir: Path | None = None) -> dict[str, str]:
+    """{} for the embedded default data, else {'root': absolute path, 'fingerprint': ...}; a full
+    fingerprint says so (``fingerprint_kind``), a sampled one keeps the identity it always had."""
     location = data_location(data_root)
     if location is None:
         return {}
-    return {"root": str(location), "fingerprint": fingerprint(location) if location.exists() else "missing"}
+    if not location.exists():
+        return {"root": str(location), "fingerprint": "missing"}
+    if kind == "full":
+        cache_file = Path(cache_dir) / "file_hashes.json" if cache_dir is not None else None
+        return {"root": str(location), "fingerprint": full_fingerprint(location, cache_file), "fingerprint_kind": "full"}
+    return {"root": str(location), "fingerprint": fingerprint(location)}
 
 
 def describe(dataset_name: str, identity: dict[str, str]) -> str:
-    """The row's ``dataset`` cell: the name, and for user data its location and fingerprint."""
+    """The row's ``dataset`` cell: the name, and for user data its location and fingerprint
+    (``#full:`` before a full one)."""
     if not identity:
         return dataset_name
-    return f"{dataset_name}@{identity['root']}#{identity['fingerprint'][:8]}"
+    kind = "full:" if identity.get("fingerprint_kind") == "full" else ""
+    return f"{dataset_name}@{identity['root']}#{kind}{identity['fingerprint'][:8]}"

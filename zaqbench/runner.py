@@ -22,6 +22,7 @@ import torch
 
 from . import distributed
 from .adapter import without_threads
+from .data_identity import FINGERPRINTS
 from .data_identity import describe as describe_dataset
 from .devices import describe, resolve_device
 from .errors import UserError
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=None, help="run folders for checkpoints and loss curves")
     p.add_argument("--resume", action="store_true", help="continue interrupted ZAQ runs from their checkpoints")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--fingerprint", choices=FINGERPRINTS, default="sampled",
+                   help="how --data-root's content is identified: 'sampled' (file sizes plus the bytes of 64 "
+                        "files; fast) or 'full' (every byte; per-file hashes cached by size and mtime)")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip runs whose row (same config hash, method, bits, seed) is already in --out")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether --out already has them")
@@ -280,6 +284,7 @@ def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, A
     adapter = build_task(args.task, cfg=cfg, model_name=model_name, data_root=args.data_root,
                          cache_dir=cache_dir, device=device)
     adapter.progress = not args.no_progress and distributed.is_main()
+    adapter.fingerprint_kind = args.fingerprint
     adapter.check()
     teacher_id = teacher_identity(adapter, args, cache_dir)
     work_root = Path(args.work_dir) if args.work_dir else REPO_ROOT / "work_dirs"
