@@ -115,3 +115,15 @@ def pytest_collection_modifyitems(config, items) -> None:
             source = ""
         if any(word in source for word in CHILD_PROCESS):
             item.add_marker(pytest.mark.subprocess)
+
+
+def result_row(**columns):
+    """A results-CSV row with every column of the schema; ``columns`` override the defaults."""
+    from zaqbench.results import COLUMNS
+
+    row = {c: "x" for c in COLUMNS}
+    row.update(task="cls", model="m", dataset="d", method="ptq", wbits=4, abits=4, metric="top1", value=45.0,
+               fp_value=90.0, iters=0, seed=0, seconds=1.0, commit="abc", date="2026-11-27T00:00:00+00:00",
+               device="cpu", extra_metrics="")
+    row.update(columns)
+    return row

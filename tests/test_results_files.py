@@ -3,23 +3,17 @@ import csv
 
 from zaqbench.results import COLUMNS, append_rows, read_csv_rows, read_header, safe_cell
 from zaqbench.run.tables import render
+from tests.conftest import result_row
 
 
-def row(**kw):
-    base = {c: "x" for c in COLUMNS}
-    base.update(task="cls", model="m", dataset="d", method="ptq", wbits=4, abits=4, metric="top1", value=45.0,
-                fp_value=90.0, iters=0, seed=0, seconds=1.0, commit="abc", date="2026-11-27T00:00:00+00:00",
-                device="cpu", extra_metrics="")
-    base.update(kw)
-    return base
 
 
 def test_a_byte_order_mark_is_read_and_appended_past(tmp_path):
     path = tmp_path / "cls.csv"
-    append_rows(path, [row(method="fp", wbits=32, abits=32, value=90.0), row()])
+    append_rows(path, [result_row(method="fp", wbits=32, abits=32, value=90.0), result_row()])
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # saved by a spreadsheet program
     assert read_header(path) == COLUMNS
-    append_rows(path, [row(seed=1, value=55.0)])
+    append_rows(path, [result_row(seed=1, value=55.0)])
     header, rows = read_csv_rows(path, print)
     assert header == COLUMNS and [r["seed"] for _, r in rows] == ["0", "0", "1"]
     assert "50.00 ± 7.07" in render(tmp_path, print)
@@ -27,12 +21,12 @@ def test_a_byte_order_mark_is_read_and_appended_past(tmp_path):
 
 def test_a_bare_carriage_return_costs_one_line_not_the_file(tmp_path):
     path = tmp_path / "cls.csv"
-    append_rows(path, [row(), row(seed=1)])
+    append_rows(path, [result_row(), result_row(seed=1)])
     path.write_bytes(path.read_bytes() + b"cls,m,d\rjunk\n")
     problems = []
     _, rows = read_csv_rows(path, problems.append)
     assert len(rows) == 2 and len(problems) == 1 and "cls.csv:4" in problems[0]
-    append_rows(path, [row(seed=2)])  # appends still work
+    append_rows(path, [result_row(seed=2)])  # appends still work
     assert len(read_csv_rows(path, problems.append)[1]) == 3
 
 
@@ -40,7 +34,7 @@ def test_cells_stay_on_one_line_and_never_start_a_formula(tmp_path):
     assert safe_cell("=1+2") == "'=1+2" and safe_cell("@SUM(A1)") == "'@SUM(A1)"
     assert safe_cell("-1.5") == "-1.5" and safe_cell(-1.5) == -1.5 and safe_cell("plain") == "plain"
     path = tmp_path / "cls.csv"
-    append_rows(path, [row(dataset="=1+2@/data/a\nb", calib_data="+x")])
+    append_rows(path, [result_row(dataset="=1+2@/data/a\nb", calib_data="+x")])
     lines = path.read_text().splitlines()
     assert len(lines) == 2  # the header and one row: a newline in a cell never splits a row
     cells = next(csv.DictReader(path.open()))

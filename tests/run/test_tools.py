@@ -12,7 +12,8 @@ import pytest
 import tasks  # noqa: F401 - registers the task adapters (section titles)
 from zaqbench import methods  # noqa: F401 - registers the methods (row order and notes)
 from zaqbench.run.tables import render
-from zaqbench.results import COLUMNS, append_rows
+from zaqbench.results import append_rows
+from tests.conftest import result_row
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,19 +50,12 @@ def test_sigkilled_grid_resumes_to_exactly_one_row_per_cell(tmp_path):
                                                           for b in ("8", "6", "4")])
 
 
-def _row(**kw):
-    base = {c: "x" for c in COLUMNS}
-    base.update(task="cls", model="m", dataset="d", method="ptq", wbits=4, abits=4, metric="top1", value=45.0,
-                fp_value=90.0, iters=0, seed=0, seconds=1.0, commit="abc", date="2026-11-27T00:00:00+00:00",
-                device="cpu", extra_metrics="")
-    base.update(kw)
-    return base
 
 
 def test_tables_report_bad_lines_and_render_valid_rows(tmp_path):
     path = tmp_path / "cls.csv"
-    append_rows(path, [_row(method="fp", wbits=32, abits=32, value=90.0), _row(), _row(seed=1, value=55.0),
-                       _row(task="weird")])
+    append_rows(path, [result_row(method="fp", wbits=32, abits=32, value=90.0), result_row(), result_row(seed=1, value=55.0),
+                       result_row(task="weird")])
     with open(path, "a") as f:
         f.write("cls,m,torn\n")
     problems = []
@@ -74,11 +68,11 @@ def test_tables_report_bad_lines_and_render_valid_rows(tmp_path):
 
 def test_tables_render_rows_that_record_method_settings(tmp_path):
     plain = tmp_path / "plain"
-    append_rows(plain / "cls.csv", [_row(method="fp", wbits=32, abits=32, value=90.0), _row()])
+    append_rows(plain / "cls.csv", [result_row(method="fp", wbits=32, abits=32, value=90.0), result_row()])
     with_settings = tmp_path / "settings"
     append_rows(with_settings / "cls.csv", [
-        _row(method="fp", wbits=32, abits=32, value=90.0),
-        _row(extra_metrics="top5=98.0;cfg.batch_size=128;cfg.calib_batches=4;cfg.g_betas=0.9/0.999")])
+        result_row(method="fp", wbits=32, abits=32, value=90.0),
+        result_row(extra_metrics="top5=98.0;cfg.batch_size=128;cfg.calib_batches=4;cfg.g_betas=0.9/0.999")])
     problems = []
     assert render(with_settings, problems.append) == render(plain, problems.append)
     assert problems == []
@@ -92,10 +86,10 @@ def test_committed_results_readme_is_reproducible():
 
 
 def test_rankings_are_claimed_only_beyond_the_seed_spread(tmp_path):
-    rows = [_row(method="fp", wbits=32, abits=32, value=90.0)]
+    rows = [result_row(method="fp", wbits=32, abits=32, value=90.0)]
     for seed, (zaq, ptq, zeroq) in enumerate([(88.0, 80.0, 87.5), (88.2, 80.4, 88.6), (87.8, 79.6, 87.0)]):
-        rows += [_row(method="zaq", value=zaq, seed=seed), _row(method="ptq", value=ptq, seed=seed),
-                 _row(method="zeroq", value=zeroq, seed=seed)]
+        rows += [result_row(method="zaq", value=zaq, seed=seed), result_row(method="ptq", value=ptq, seed=seed),
+                 result_row(method="zeroq", value=zeroq, seed=seed)]
     append_rows(tmp_path / "cls.csv", rows)
     text = render(tmp_path, lambda _: None)
     lines = {ln.split("|")[3].strip(): ln for ln in text.splitlines() if ln.startswith("| m | W4A4 |")}
@@ -162,10 +156,10 @@ def test_probe_tables_say_which_snapshot_each_probe_set_would_pick(tmp_path):
 
 
 def test_not_applicable_rows_render_as_na_with_their_reason_and_are_not_ranked(tmp_path):
-    rows = [_row(method="fp", wbits=32, abits=32, value=90.0)]
+    rows = [result_row(method="fp", wbits=32, abits=32, value=90.0)]
     for seed in range(2):
-        rows += [_row(method="zaq", value=88.0 + seed, seed=seed),
-                 _row(method="dfq", value=float("nan"), seed=seed, calib_data="n/a: no chain found")]
+        rows += [result_row(method="zaq", value=88.0 + seed, seed=seed),
+                 result_row(method="dfq", value=float("nan"), seed=seed, calib_data="n/a: no chain found")]
     append_rows(tmp_path / "cls.csv", rows)
     text = render(tmp_path, lambda _: None)
     assert "| m | dfq | 90.00 | n/a (no chain found) |" in text
@@ -173,8 +167,8 @@ def test_not_applicable_rows_render_as_na_with_their_reason_and_are_not_ranked(t
 
 
 def test_tables_never_merge_rows_of_different_user_data(tmp_path):
-    rows = [_row(method="fp", wbits=32, abits=32, value=90.0), _row(value=45.0),
-            _row(dataset="d@/data/a#11111111", value=60.0), _row(dataset="d@/data/b#22222222", value=70.0)]
+    rows = [result_row(method="fp", wbits=32, abits=32, value=90.0), result_row(value=45.0),
+            result_row(dataset="d@/data/a#11111111", value=60.0), result_row(dataset="d@/data/b#22222222", value=70.0)]
     append_rows(tmp_path / "cls.csv", rows)
     text = render(tmp_path, lambda msg: None)
     # the default data's cell and one cell per user data root, each with its own value
@@ -185,7 +179,7 @@ def test_tables_never_merge_rows_of_different_user_data(tmp_path):
 
 def test_rankings_say_whether_a_fresh_clone_reproduces_them(tmp_path):
     def seeds(method, values):
-        return [_row(method=method, seed=i, value=v) for i, v in enumerate(values)]
+        return [result_row(method=method, seed=i, value=v) for i, v in enumerate(values)]
 
     append_rows(tmp_path / "cls.csv", seeds("zaq", [80.0, 81.0, 80.5]) + seeds("ptq", [60.0, 61.0, 60.5]))
     (tmp_path / "fresh_clone").mkdir()

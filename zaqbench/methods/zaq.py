@@ -60,13 +60,17 @@ class ZAQ(Method):
         merged = {**(self.cfg if cfg is None else cfg), **self.overrides}
         return ZAQConfig.from_dict({k: v for k, v in merged.items() if k not in self.method_only_options})
 
+    #: the loop that trains Q, and what the row's ``calib_data`` calls its images
+    trainer_class: type[ZAQTrainer] = ZAQTrainer
+    calib_data = "zaq-generator"
+
     def run(self, ctx: RunContext) -> MethodOutput:
         cfg = self.zaq_config()
         qmodel = self.quantize(ctx)
-        trainer = ZAQTrainer(ctx.adapter, copy.deepcopy(ctx.teacher), qmodel, cfg, ctx.work_dir, ctx.seed,
-                             ctx.progress, ctx.snapshot_iters)
+        trainer = self.trainer_class(ctx.adapter, copy.deepcopy(ctx.teacher), qmodel, cfg, ctx.work_dir, ctx.seed,
+                                     ctx.progress, ctx.snapshot_iters)
         trained = trainer.run(resume=ctx.resume)
-        return MethodOutput(trained, calib_data="zaq-generator", iters=cfg.iters)
+        return MethodOutput(trained, calib_data=self.calib_data, iters=cfg.iters)
 
 
 class ZAQOfficial(ZAQ):
