@@ -22,6 +22,8 @@ _API = {
     "run_config": "zaqbench.api",
     "QuantizationReport": "zaqbench.api",
     "ModelAdapter": "zaqbench.api",
+    "save_quantized": "zaqbench.export",
+    "load_quantized": "zaqbench.export",
     "InputSpec": "zaqbench.adapter",
     "TaskAdapter": "zaqbench.adapter",
     "QConfig": "zaqbench.quant",

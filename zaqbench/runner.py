@@ -26,6 +26,7 @@ from .data_identity import FINGERPRINTS
 from .data_identity import describe as describe_dataset
 from .devices import describe, resolve_device
 from .errors import UserError
+from .export import save_quantized
 from .methods import MethodOutput, RunContext
 from .quant import QConfig, check_quantizable, layer_coverage
 from .run.lists import parse_list
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="real data location (default: the embedded data)")
     p.add_argument("--out", default=None, help="results CSV (default: results/<task>.csv)")
     p.add_argument("--work-dir", default=None, help="run folders for checkpoints and loss curves")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="also write each quantized model to DIR as a weights-only file "
+                        "(zaqbench.export.load_quantized rebuilds it on the FP architecture)")
     p.add_argument("--resume", action="store_true", help="continue interrupted ZAQ runs from their checkpoints")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--fingerprint", choices=FINGERPRINTS, default="sampled",
@@ -289,6 +293,8 @@ def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, A
     teacher_id = teacher_identity(adapter, args, cache_dir)
     work_root = Path(args.work_dir) if args.work_dir else REPO_ROOT / "work_dirs"
     check_output_folder(work_root, "--work-dir", "run folders (checkpoints, losses)")
+    if args.export:
+        check_output_folder(Path(args.export), "--export", "quantized models")
     if adapter.writes_cache:
         check_output_folder(cache_dir, "$ZAQBENCH_CACHE", f"the data and logs the '{args.task}' task writes there")
     elif not args.checkpoint:
@@ -476,10 +482,24 @@ def run_jobs(plan: Plan, jobs: list["Job"], args: argparse.Namespace) -> list[di
                "iters": result.iters, "seconds": round(seconds, 1)}
         if distributed.is_main():  # one row per run, whatever the number of ranks
             append_or_keep(plan.out, row, ctx.work_dir)
+            if args.export and layers:
+                export_model(plan, job, args.seed, result.model, row, Path(args.export))
         printed.append(row)
         score = f"n/a ({result.not_applicable})" if result.not_applicable else f"{row['value']:.4f}"
         say(f"[zaqbench] {name} W{wbits}A{abits}: {plan.adapter.metric} = {score} ({seconds:.0f}s)")
     return printed
+
+
+def export_model(plan: Plan, job: "Job", seed: int, model: Any, row: dict[str, Any], folder: Path) -> Path:
+    """``<folder>/<task>_<model>_<method>_w<W>a<A>_seed<S>_<config hash>.pth`` (``zaqbench.export``)."""
+    spec = plan.adapter.input_spec
+    name = f"{plan.task}_{plan.model_name}_{job.method_name}_w{job.wbits}a{job.abits}_seed{seed}_{job.config_hash}.pth"
+    path = save_quantized(model, job.qconfig, folder / name, (spec.channels, spec.height, spec.width),
+                          task=plan.task, model=plan.model_name, method=job.method_name, wbits=job.wbits,
+                          abits=job.abits, seed=seed, config_hash=job.config_hash, metric=row["metric"],
+                          value=row["value"], fp_value=row["fp_value"])
+    say(f"[zaqbench] quantized model written to {path}")
+    return path
 
 
 def append_or_keep(out: Path, row: dict[str, Any], run_dir: Path) -> None:
