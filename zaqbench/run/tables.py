@@ -300,7 +300,8 @@ def render(results_dir: Path, warn: Warn) -> str:
             if not rows:
                 continue
             df = latest_rows(rows)
-            parts += [f"# {title}: `{folder}/{path.name}`", "", task_section(rows[0]["task"], df)]
+            section = task_section(rows[0]["task"], df)  # one level below its folder's heading
+            parts += [f"## {title}: `{folder}/{path.name}`", "", "#" + section if section.startswith("## ") else section]
             parts.extend(ranking_lines(df))
     curve_files = sorted((results_dir / "curves").glob("*.csv"))
     probes = [path for path in curve_files if path.name.startswith("probes_")]
