@@ -104,6 +104,8 @@ class ImageFiles(Dataset):
         try:
             with Image.open(path) as img:
                 image = to_rgb(img)
+        except Image.DecompressionBombError as err:  # a header declaring billions of pixels
+            raise UserError(f"image '{path}' is too large to decode safely ({err}); remove or resize it") from None
         except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for truncated / foreign files
             raise UserError(f"cannot decode image '{path}' ({err}); remove or replace the file") from None
         return self.transform(image), label

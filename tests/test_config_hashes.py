@@ -27,6 +27,10 @@ RECIPE_CHANGES = {f"{config}:{method}" for config in ("cls/resnet20", "cls/examp
 RECIPE_CHANGES |= {f"seg/{model}:{method}" for model in ("deeplabv3", "fcn")
                    for method in ("zaq", "zaq-no-feat", "zaq-no-act", "dfq+zaq", "gdfq")}
 
+# and the ImageNet configs' dfq+zaq and gdfq, which took the CIFAR-scale defaults (18000 iterations
+# at batch 256) and now have the configs' GPU budget; no committed row was made with either
+RECIPE_CHANGES |= {f"cls/{model}:{method}" for model in ("mobilenet_v2_imagenet", "resnet18_imagenet")
+                   for method in ("dfq+zaq", "gdfq")}
 
 def current_hashes() -> dict[str, dict[str, str]]:
     out = {}

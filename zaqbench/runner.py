@@ -161,6 +161,9 @@ def load_config(path: Path, options: dict[str, Any]):
 
     try:
         cfg = Config.fromfile(str(path))
+    except SystemExit as err:  # the config's own code called exit()
+        raise UserError(f"config '{path}' exited (status {err.code}) while it was loaded; a config only "
+                        "defines fields") from None
     except Exception as err:  # noqa: BLE001 - any parse/import error of the user's config
         msg = str(err).strip().splitlines()
         raise UserError(f"cannot load config '{path}': {msg[-1] if msg else type(err).__name__}") from None

@@ -21,5 +21,7 @@ methods = dict(
     zeroq=dict(batch_size=32, calib_batches=2, distill_iters=500),
     zaq=zaq_imagenet,
     **{'real-ptq': dict(batch_size=32, calib_batches=8), 'zaq-no-feat': zaq_imagenet, 'zaq-no-act': zaq_imagenet,
-       'real-kd': zaq_imagenet},
+       'real-kd': zaq_imagenet, 'dfq+zaq': zaq_imagenet},
+    # every listed method has a GPU-sized budget here (without one GDFQ would take its CIFAR defaults)
+    gdfq=dict(iters=2000, batch_size=32, checkpoint_interval=200, calib_batches=8),
 )

@@ -355,3 +355,40 @@ def test_a_meta_device_is_refused(toy, capsys):
     assert run_toy(toy, "--device", "meta") == 2
     assert_one_error_line(capsys, "meta")
     assert_nothing_written(toy)
+
+
+def test_more_faults_are_one_line(tmp_path, capsys):
+    """A config that exits, a torn loss log, a decompression bomb, a results folder that cannot be written."""
+    from PIL import Image
+
+    from tasks.imagefolder import FolderSplit, ImageFiles
+    from zaqbench.results import COLUMNS
+    from zaqbench.run.plots import plot_losses
+    from zaqbench.run.tables import write_tables
+    from zaqbench.runner import load_config
+
+    config = tmp_path / "exits.py"
+    config.write_text("import sys\nsys.exit(3)\n")
+    with pytest.raises(UserError, match="exited \\(status 3\\)"):
+        load_config(config, {})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "losses.jsonl").write_text('{"iter": 1, "loss_q": 1.0, "loss_g": -1.0, "d_o": 1.0, "d_f": 0.0, '
+                                      '"l_a": 0.0, "bns": 0.0}\n{"iter": 2, "loss_q"')
+    plot_losses("cls", run, tmp_path / "losses.png")  # the torn last line is left out
+    assert (tmp_path / "losses.png").exists()
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (8, 8)).save(bomb)
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 10  # the 64-pixel image now counts as a bomb (more than twice the limit)
+    try:
+        with pytest.raises(UserError, match="too large to decode safely"):
+            ImageFiles(FolderSplit(tmp_path, [(str(bomb), 0)], {}, []), lambda img: img)[0]
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "cls.csv").write_text(",".join(COLUMNS) + "\n")
+    (results / "README.md").mkdir()  # where the README would go is a folder: the write fails, even for root
+    assert write_tables(results, None) == 2
+    assert "error: cannot write" in capsys.readouterr().err

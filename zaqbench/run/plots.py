@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
+from ..loss_log import read_loss_log
 from ..plots import _pyplot
 from ..runner import REPO_ROOT, default_model, run_dir_name
 from .lists import parse_list
@@ -95,7 +96,7 @@ def plot_generated(task: str, model: str, run: Path, out: Path, n: int = 16,
 def plot_losses(task: str, run: Path, out: Path) -> None:
     """The ZAQ losses of one run against iteration: Q's loss, D_o and D_f, L_a."""
     plt = _pyplot()
-    records = [json.loads(ln) for ln in (run / "losses.jsonl").read_text().splitlines() if ln.strip()]
+    records = read_loss_log(run / "losses.jsonl")  # a torn last line (a killed run) is left out
     df = pd.DataFrame(records)
     fig, axes = plt.subplots(1, 3, figsize=(10, 3))
     for ax, cols in zip(axes, (["loss_q"], ["d_o", "d_f"], ["l_a"])):

@@ -16,6 +16,7 @@ section of its own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Callable
@@ -340,8 +341,15 @@ def write_tables(results_dir: Path, out: str | None) -> int:
     else:
         path = Path(out) if out else results_dir / "README.md"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        try:
+            tmp.write_text(text)
+            tmp.replace(path)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            print(f"error: cannot write '{path}' ({err.strerror}); pass --out with a writable path, or - to print",
+                  file=sys.stderr)
+            return 2
         print(f"wrote {path}", file=sys.stderr)
     return 0
 
