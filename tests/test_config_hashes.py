@@ -32,6 +32,7 @@ RECIPE_CHANGES |= {f"seg/{model}:{method}" for model in ("deeplabv3", "fcn")
 RECIPE_CHANGES |= {f"cls/{model}:{method}" for model in ("mobilenet_v2_imagenet", "resnet18_imagenet")
                    for method in ("dfq+zaq", "gdfq")}
 
+
 def current_hashes() -> dict[str, dict[str, str]]:
     out = {}
     for path in sorted((ROOT / "configs").glob("*/*.py")):
