@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 
 def read_loss_log(path: Path) -> list[dict[str, Any]]:
     """The whole, parseable entries of ``path`` (an empty list if it does not exist)."""
@@ -28,8 +30,14 @@ def read_loss_log(path: Path) -> list[dict[str, Any]]:
 
 
 def append_loss_entry(path: Path, entry: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(entry) + "\n")
+    """One line more; a failed write (a full disk) is one error line, and the torn line it may
+    leave is what the readers already skip."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+    except OSError as err:
+        raise UserError(f"cannot append to the loss log {path} ({err.strerror}); free space or pass "
+                        "another --work-dir, then rerun with --resume") from None
 
 
 def truncate_loss_log(path: Path, last_iteration: int) -> None:

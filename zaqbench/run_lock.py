@@ -29,4 +29,7 @@ def hold_run_folders(run_dirs: Iterable[Path]) -> Iterator[None]:
             except Timeout:
                 raise UserError(f"another run is using '{run_dir}' (lock {path}); wait for it to finish, "
                                 "or run with another --work-dir") from None
+            except OSError as err:  # e.g. a lock file another user owns in a shared work dir
+                raise UserError(f"cannot take the lock {path} ({err.strerror}); run with a --work-dir of "
+                                "your own") from None
         yield

@@ -392,3 +392,29 @@ def test_more_faults_are_one_line(tmp_path, capsys):
     (results / "README.md").mkdir()  # where the README would go is a folder: the write fails, even for root
     assert write_tables(results, None) == 2
     assert "error: cannot write" in capsys.readouterr().err
+
+
+def test_a_full_disk_and_a_foreign_lock_are_one_line(tmp_path, monkeypatch):
+    import builtins
+
+    from zaqbench.loss_log import append_loss_entry
+    from zaqbench.run_lock import hold_run_folders
+
+    real_open = builtins.open
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        if str(path).endswith("losses.jsonl") and "a" in mode:
+            raise OSError(28, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full_disk)
+    with pytest.raises(UserError, match="No space left on device.*--resume"):
+        append_loss_entry(tmp_path / "losses.jsonl", {"iter": 1})
+    monkeypatch.undo()
+    run_dir = tmp_path / "work" / "run"
+    lock = tmp_path / "work" / ".run.lock"
+    lock.parent.mkdir(parents=True)
+    lock.mkdir()  # not a file the lock can open, as one owned by another user is not
+    with pytest.raises(UserError, match="cannot take the lock"):
+        with hold_run_folders([run_dir]):
+            pass

@@ -208,5 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", default=None, help="comma-separated devices, one job on each at a time")
     p.add_argument("--dry-run", action="store_true", help="only print what would run")
     p.add_argument("--no-tables", action="store_true", help="do not rerender results/README.md afterwards")
-    return regenerate(*p.parse_known_args(argv))
+    try:
+        return regenerate(*p.parse_known_args(argv))
+    except KeyboardInterrupt:  # the child runs stop on the same signal and leave no half row
+        print("[zaqbench] grid interrupted; rerun the same command to resume it", file=sys.stderr)
+        return 130
 
