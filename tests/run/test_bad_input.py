@@ -418,3 +418,12 @@ def test_a_full_disk_and_a_foreign_lock_are_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="cannot take the lock"):
         with hold_run_folders([run_dir]):
             pass
+
+
+def test_plots_of_a_missing_folder_or_task_are_an_error(tmp_path, capsys):
+    from zaqbench.run.plots import make_plots
+
+    assert make_plots(tmp_path / "nope", tmp_path) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert make_plots(tmp_path, tmp_path, ["bogus"]) == 2
+    assert "no results for task(s) bogus" in capsys.readouterr().err

@@ -114,8 +114,18 @@ def make_plots(results: Path, work: Path, task_names: list[str] | None = None,
                configs: Path = REPO_ROOT / "configs") -> int:
     """Every plot ``results`` and ``work`` allow, for ``task_names`` (default: every task with a
     ``<task>.csv``, as the tables order them). Returns the exit status."""
+    if not results.is_dir():
+        print(f"error: results folder '{results}' does not exist; pass the folder holding the CSVs with --results",
+              file=sys.stderr)
+        return 2
     if task_names is None:
         task_names = [task for task, _ in task_files(results)]
+    missing = [task for task in task_names if not (results / f"{task}.csv").exists()]
+    if missing:
+        have = ", ".join(task for task, _ in task_files(results)) or "none"
+        print(f"error: no results for task(s) {', '.join(missing)} in '{results}' (tasks with a CSV: {have})",
+              file=sys.stderr)
+        return 2
     for task in task_names:
         csv_path = results / f"{task}.csv"
         rows = read_rows(csv_path, lambda m: print(f"warning: {m}", file=sys.stderr)) if csv_path.exists() else []
