@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zaqbench.adapter import InputSpec, TaskAdapter
+from zaqbench.errors import UserError
 from zaqbench.registry import TASKS
 
 
@@ -35,6 +36,16 @@ class ToyAdapter(TaskAdapter):
         super().__init__(*args, **kwargs)
         self.train_x, self.train_y = make_split(256, 0)
         self.test_x, self.test_y = make_split(128, 1)
+
+    def check(self) -> None:
+        """The pattern every adapter follows: each field it reads is checked here, before any work,
+        and a bad value is one ``UserError`` line naming the field and the fix."""
+        super().check()
+        width = self.task_cfg.get("width", 8)
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise UserError(f"task.width={width!r} is not valid; use a positive integer, e.g. task.width=8")
+        if self.task_cfg.get("arch", "conv") not in ("conv", "mlp"):
+            raise UserError(f"task.arch={self.task_cfg['arch']!r} is not valid; use 'conv' or 'mlp'")
 
     def build_model(self) -> nn.Module:
         width = int(self.task_cfg.get("width", 8))
