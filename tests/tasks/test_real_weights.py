@@ -21,7 +21,7 @@ from mmengine.config import Config
 
 import tasks  # noqa: F401  (registers the cls task, as tools/run_task.py does)
 from tests.conftest import ROOT
-from tools.photo_imagefolder import photo_folder
+from tasks.photo_folders import photo_folder
 from zaqbench.methods import RunContext
 from zaqbench.quant import QConfig
 from zaqbench.registry import build_method, build_task
