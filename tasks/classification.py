@@ -108,6 +108,7 @@ class ClassificationAdapter(TaskAdapter):
         self._eval_classes = 0
         self._source = self._detect_source()
         self._fp_model: nn.Module | None = None
+        self._class_map_identity: dict[str, str] | None = None
         self._fp_logits = agreement.FPLogitsCache()
 
     # -- up-front checks ----------------------------------------------------------
@@ -270,12 +271,14 @@ class ClassificationAdapter(TaskAdapter):
         """The base identity plus, for a class map given as a file, a hash of its content: the
         labels come from it, so an edited map (same path) must not reuse a teacher, a row or a
         config hash made with the old one."""
-        identity = super().data_identity()
-        setting = self.data_cfg.get("class_map")
-        path = Path(str(setting)).expanduser() if setting else None
-        if identity and path is not None and path.is_file():
-            identity = {**identity, "class_map": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
-        return identity
+        if self._class_map_identity is None:  # read once, as the base class computes its part once
+            identity = super().data_identity()
+            setting = self.data_cfg.get("class_map")
+            path = Path(str(setting)).expanduser() if setting else None
+            if identity and path is not None and path.is_file():
+                identity = {**identity, "class_map": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
+            self._class_map_identity = identity
+        return self._class_map_identity
 
     def check_real_data(self) -> None:
         if self._source == "imagefolder":

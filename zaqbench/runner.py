@@ -312,7 +312,7 @@ def build_plan(args: argparse.Namespace, method_overrides: dict[str, dict[str, A
                             "method": name, "method_cfg": method.cfg, "teacher": teacher_id,
                             **({"data": adapter.data_identity()} if adapter.data_identity() else {})})
         jobs.append(Job(name, wbits, abits, qconfig, method, chash))
-    check_layers(adapter, [job.qconfig for job in jobs if job.method_name != "fp"])
+    check_layers(adapter, [job.qconfig for job in jobs if not job.qconfig.is_full_precision])
     if any(job.method.uses_real_data for job in jobs):
         adapter.check_real_data()
     return Plan(args.task, model_name, cfg, adapter, jobs, quant_cfg.get("preset", "default"), out, device,

@@ -199,6 +199,7 @@ def test_layer_that_cannot_be_quantized_is_refused_by_name(layer):
         quantize_model(model, QConfig(wbits=8, abits=8))
     _, info = quantize_model(model, QConfig(wbits=8, abits=8, fp_layers=("odd",)))
     assert info["quantized"] == ["1"] and "odd" in info["full_precision"]
+    quantize_model(model, QConfig(wbits=32, abits=32))  # full precision rounds nothing: nothing to refuse
     assert "odd.out_proj" not in compute_layers(model)  # attention projections belong to the attention
 
 

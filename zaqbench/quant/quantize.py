@@ -90,17 +90,19 @@ def check_quantizable(model: nn.Module, qconfig: QConfig) -> tuple[list[str], li
     fp_names = full_precision_layers(model, qconfig)
     keep = set(fp_names)
     modules = dict(model.named_modules())
-    refused = [n for n in compute_layers(model) if n not in keep and not _supported(modules[n])]
+    compute = compute_layers(model)
+    to_quantize = [n for n in compute if n not in keep and _supported(modules[n])]
+    if qconfig.is_full_precision:  # nothing is rounded: a layer without a quantized kind changes nothing
+        return to_quantize, fp_names
+    refused = [n for n in compute if n not in keep and not _supported(modules[n])]
     if refused:
         kinds = sorted({type(modules[n]).__name__ for n in refused})
         shown = ", ".join(refused[:8]) + (f" and {len(refused) - 8} more" if len(refused) > 8 else "")
         raise UserError(f"{len(refused)} layer(s) of type {'/'.join(kinds)} cannot be quantized ({shown}); "
                         "only Conv2d and Linear layers are; keep them in full precision explicitly with "
                         "quant.fp_layers=[...] (glob patterns of their names)")
-    to_quantize = [n for n in quantizable_layers(model) if n not in keep]
-    if not to_quantize and not qconfig.is_full_precision:
-        total = len(compute_layers(model))
-        raise UserError(f"no layer would be quantized: the model has {total} convolution/linear layer(s) and "
+    if not to_quantize:
+        raise UserError(f"no layer would be quantized: the model has {len(compute)} convolution/linear layer(s) and "
                         f"all are kept in full precision ({', '.join(fp_names) or 'none found'}); a W"
                         f"{qconfig.wbits}A{qconfig.abits} row would report the full-precision model")
     return to_quantize, fp_names
@@ -112,7 +114,7 @@ def layer_coverage(model: nn.Module) -> tuple[list[str], list[str]]:
     modules = dict(model.named_modules())
     names = compute_layers(model)
     quantized = [n for n in names if isinstance(modules[n], QUANT_MODULES)]
-    return quantized, [n for n in names if n not in set(quantized)]
+    return quantized, [n for n in names if not isinstance(modules[n], QUANT_MODULES)]
 
 
 def _act_quantizer(qconfig: QConfig, device: torch.device) -> FakeQuantizer:
