@@ -34,9 +34,9 @@ tables: setup
 
 # ZAQ's budget curve (metric against iteration) for a task's default model, 3 seeds.
 curves: setup
-	$(PY) tools/budget_curve.py --task $(TASK) $(if $(MODEL),--model $(MODEL)) --method zaq --bits 4 \
+	$(PY) tools/budget_curve.py --task $(TASK) $(if $(MODEL),--model $(MODEL)) --methods zaq --bits 4 \
 		--seeds 0,1,2 --points 0,10,20,40,100,200,400 $(ARGS)
 
 # The tests without the slow ones (the markers are declared in setup.cfg).
 test-fast: setup
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest tests -m "not slow and not subprocess"

@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from zaqbench import distributed
 from zaqbench.adapter import InputSpec, TaskAdapter
+from zaqbench.devices import loader_workers
 from zaqbench.errors import UserError
-from zaqbench.features import resolve_modules, stage_features
+from zaqbench.zaq.features import resolve_modules, stage_features
 from zaqbench.registry import TASKS
 
 from . import agreement, imagefolder
@@ -309,8 +310,10 @@ class ClassificationAdapter(TaskAdapter):
             yield train.images[idx].to(self.device)
 
     def _workers(self, section: str) -> int:
+        """DataLoader processes for ``section``: ``task.<section>.workers`` (the teacher falls back
+        to eval's; default 2), within the cores this process has (``loader_workers``)."""
         cfg = self.teacher_cfg if section == "teacher" else self.eval_cfg
-        return int(cfg.get("workers", self.eval_cfg.get("workers", 2)))
+        return loader_workers(int(cfg.get("workers", self.eval_cfg.get("workers", 2))))
 
     # -- model ------------------------------------------------------------------
     @property

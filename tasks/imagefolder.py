@@ -5,11 +5,16 @@ class index (``tasks/class_map.py``), and images are decoded batch by batch in
 DataLoader workers with torchvision's evaluation transform: resize the short
 side to ``resize`` (``image_size / 0.875``, i.e. 256 for 224), centre-crop
 ``image_size``, normalise. Peak memory is one batch per worker, whatever the
-number of images.
+number of images. ``new_folder`` is where the tools that write such folders (real photos,
+self-labelled patterns) put them, whole or not at all.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -146,3 +151,38 @@ def stream(batches: DataLoader) -> Iterator:
     except UserError as err:
         last = str(err).strip().splitlines()[-1]
         raise UserError(last.split("UserError: ", 1)[-1]) from None
+
+
+def check_new_folder(out: Path, what: str) -> None:
+    """``out`` (a tool's ``--out``) is a new or empty folder that can be created: one line if not."""
+    from zaqbench.run.runner import check_output_folder
+
+    check_output_folder(out, "--out", what)
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out '{out}' already holds files; give a new or empty folder (or delete this one): "
+                        "images of an earlier run would mix with the new ones")
+
+
+@contextmanager
+def new_folder(out: Path, what: str) -> Iterator[Path]:
+    """A temporary folder beside ``out`` (the ``--out`` of a tool that writes image folders) to
+    write into; it becomes ``out`` when the block ends, and is removed if the block fails.
+
+    ``out`` must be new or empty, checked before any work: files already there would mix with the
+    new ones (an image left in another class folder by an earlier run is a wrong label).
+    """
+    out = Path(out)
+    check_new_folder(out, what)
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()  # the user's umask, as ``out`` itself would get
+    except OSError as err:
+        raise UserError(f"cannot write --out '{out}' ({err.strerror or err}); choose another folder") from None
+    try:
+        yield tmp
+        os.replace(tmp, out)  # an empty ``out`` is replaced as a whole
+    except OSError as err:  # e.g. a full disk
+        raise UserError(f"cannot write --out '{out}' ({err.strerror or err}); nothing was written") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

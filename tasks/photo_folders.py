@@ -5,7 +5,7 @@ as six real views (whole, mirrored, four 80 % corner crops), 18 images in WordNe
 is the only real-photo set on a machine without internet; it checks a real ImageNet model end
 to end (class map, 256/224 transform, agreement with FP), not ImageNet accuracy.
 
-    python tools/photo_imagefolder.py --out /tmp/photos
+    python tools/photo_imagefolder.py --out /tmp/photos      (a new or empty folder)
 
 Every view's label is the class the full-precision model predicts, so runs on this folder take
 ``--cfg-options task.eval.self_labelled=True``: rows then carry top-5 agreement, the KL divergence
@@ -13,12 +13,16 @@ from FP and top-1 on the views where FP is confident beside top-1 (``tasks/agree
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from PIL import Image, ImageOps
+
+from zaqbench.errors import UserError
+
+from .imagefolder import check_new_folder, new_folder
 
 # Photo -> the WordNet id of what it shows; how the photos were chosen and checked against
 # torchvision's ImageNet MobileNetV2: docs/findings/imagenet_check.md.
@@ -46,22 +50,31 @@ def skimage_photos() -> Path | None:
 
 
 def photo_folder(root: Path) -> Path:
-    """Write ``root/val/<wnid>/<photo>-<view>.png`` and return ``root``."""
+    """Write ``root/val/<wnid>/<photo>-<view>.png`` (``root`` new or empty, written whole or not at
+    all) and return ``root``."""
+    check_new_folder(root, "the photo folder")
     photos = skimage_photos()
     if photos is None:
-        raise SystemExit("error: scikit-image is not installed; `make test` (the test extra) installs it")
-    for name, wnid in PHOTO_CLASSES.items():
-        folder = root / "val" / wnid
-        folder.mkdir(parents=True, exist_ok=True)
-        for view, image in views(Image.open(photos / name).convert("RGB")).items():
-            image.save(folder / f"{Path(name).stem}-{view}.png")
+        raise UserError("scikit-image is not installed; `make test` (the test extra) installs it")
+    with new_folder(root, "the photo folder") as tmp:
+        for name, wnid in PHOTO_CLASSES.items():
+            folder = tmp / "val" / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for view, image in views(Image.open(photos / name).convert("RGB")).items():
+                image.save(folder / f"{Path(name).stem}-{view}.png")
     return root
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="folder to write (val/<wnid>/*.png)")
-    root = photo_folder(Path(p.parse_args().out))
-    print(f"wrote {sum(1 for _ in root.rglob('*.png'))} photos to {root}/val", file=sys.stderr)
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    from zaqbench.run.runner import OneLineParser, cli
 
+    p = OneLineParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="a new or empty folder to write (val/<wnid>/*.png)")
+    args = p.parse_args(argv)
+
+    def work() -> int:
+        root = photo_folder(Path(args.out))
+        print(f"wrote {sum(1 for _ in root.rglob('*.png'))} photos to {root}/val", file=sys.stderr)
+        return 0
+
+    return cli(work, unfinished="photo folder")

@@ -29,6 +29,7 @@ from PIL import Image
 from zaqbench.errors import UserError
 
 from .fashion_mnist import CLASSES, load_fashion_mnist
+from .mm_config import check_input_size
 
 #: bump when the composition or the file layout changes, so caches are rebuilt
 SCENES_VERSION = 1
@@ -56,8 +57,7 @@ class SceneSpec:
     max_tries: int = 20
 
     def check(self) -> None:
-        if self.size % 4 or self.size < 32:
-            raise UserError(f"scene size must be a multiple of 4 and at least 32, got {self.size}")
+        check_input_size((self.size, self.size), "scene size (task.data.spec.size)")
         if not 1 <= self.min_items <= self.max_items:
             raise UserError(f"scene items: need 1 <= min_items <= max_items, got {self.min_items}..{self.max_items}")
         if not 4 <= self.min_scale <= self.max_scale <= self.size:

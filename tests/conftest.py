@@ -119,7 +119,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 def result_row(**columns):
     """A results-CSV row with every column of the schema; ``columns`` override the defaults."""
-    from zaqbench.results import COLUMNS
+    from zaqbench.run.results import COLUMNS
 
     row = {c: "x" for c in COLUMNS}
     row.update(task="cls", model="m", dataset="d", method="ptq", wbits=4, abits=4, metric="top1", value=45.0,

@@ -1,9 +1,12 @@
 """``--device``: auto picks CUDA when there is one; bad input is one line naming what exists."""
+import os
+
 import pytest
 import torch
 
-from tests.test_runner import TINY, env, expect_error, rows, run  # noqa: F401 - env is a fixture
-from zaqbench.devices import available_devices, loader_options, resolve_device
+from tests.run.test_runner import TINY, env, expect_error, rows, run  # noqa: F401 - env is a fixture
+from zaqbench import devices
+from zaqbench.devices import available_devices, loader_options, loader_workers, resolve_device, usable_cores
 from zaqbench.errors import UserError
 
 
@@ -43,22 +46,36 @@ def test_bad_devices_name_what_exists(monkeypatch, spec, message):
         resolve_device(spec, cuda_count=count)
 
 
-def test_loader_options_pin_and_prefetch_on_gpus_only():
-    assert loader_options(torch.device("cpu")) == {"num_workers": 0, "pin_memory": False,
-                                                   "persistent_workers": False}
-    gpu = loader_options(torch.device("cuda", 0))
-    assert gpu["pin_memory"] and gpu["num_workers"] >= 1 and gpu["persistent_workers"]
-    assert loader_options(torch.device("cuda", 0), workers=0)["num_workers"] == 0
+def test_loader_options_pin_and_prefetch_on_gpus_only(monkeypatch):
+    monkeypatch.setattr(devices, "usable_cores", lambda: 16)
+    assert loader_options(torch.device("cpu"), 0) == {"num_workers": 0, "pin_memory": False,
+                                                      "persistent_workers": False}
+    gpu = loader_options(torch.device("cuda", 0), 4)
+    assert gpu == {"num_workers": 4, "pin_memory": True, "persistent_workers": True}
+    assert loader_options(torch.device("cuda", 0), 0)["num_workers"] == 0
+
+
+@pytest.mark.parametrize("cores, requested, started", [(1, 8, 0), (2, 4, 0), (3, 8, 2), (16, 8, 8), (16, 0, 0)])
+def test_loader_workers_follow_the_cores_of_this_process(monkeypatch, cores, requested, started):
+    """None on 2 cores or fewer (a worker would take a core from the model), else at most cores - 1."""
+    monkeypatch.setattr(devices, "usable_cores", lambda: cores)
+    assert loader_workers(requested) == started
+
+
+def test_usable_cores_is_the_affinity_mask():
+    assert 1 <= usable_cores() <= (os.cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        assert usable_cores() == len(os.sched_getaffinity(0))
 
 
 def test_runner_bad_device_is_one_line_and_no_row(env, capsys):
     for spec in ("meta", "cuda:7" if torch.cuda.device_count() < 8 else "cuda:99"):
-        expect_error(capsys, run(env, "--method", "fp", "--device", spec), spec, "this machine has: cpu")
+        expect_error(capsys, run(env, "--methods", "fp", "--device", spec), spec, "this machine has: cpu")
         assert rows(env["out"]) == []
 
 
 def test_runner_records_the_device_it_chose(env, capsys):
-    assert run(env, "--method", "ptq", options=TINY) == 0  # --device defaults to auto
+    assert run(env, "--methods", "ptq", options=TINY) == 0  # --device defaults to auto
     expected = "cuda:0" if torch.cuda.is_available() else f"cpu threads={torch.get_num_threads()}"
     assert rows(env["out"])[0]["device"].startswith(expected)
     assert "device: " + expected in capsys.readouterr().err

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from tests.conftest import make_fashion_mnist, tiny_cls_config
 from tests.toy_task import ToyAdapter
 from zaqbench import distributed
-from zaqbench.engine import ZAQConfig, ZAQTrainer
+from zaqbench.zaq.engine import ZAQConfig, ZAQTrainer
 from zaqbench.errors import UserError
 from zaqbench.methods import ZAQ, NoisePTQ, RunContext, ZeroQ
 from zaqbench.quant import QConfig, quantize_model, quantizer_state

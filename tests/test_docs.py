@@ -17,12 +17,13 @@ from tests.conftest import ROOT
 DOCS = [ROOT / "README.md", ROOT / "configs" / "README.md", ROOT / "results" / "INDEX.md",
         *sorted((ROOT / "docs").rglob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-COMMAND = re.compile(r"(?:tools/(?P<tool>[a-z_]+)\.py|\bzaqbench (?P<sub>[a-z]+))")
+COMMAND = re.compile(r"(?:tools/(?P<tool>[a-z_]+)\.py|\bzaqbench (?P<sub>[a-z][a-z-]*[a-z]))")
 OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 CONFIG = re.compile(r"\bconfigs/[\w/.-]+\.py\b")
 #: tools that are sub-commands of the zaqbench command
 TOOL_COMMANDS = {"run_task": "run", "budget_curve": "curve", "probe_snapshots": "probes", "regenerate": "grid",
-                 "make_tables": "tables", "make_plots": "plots", "benchmark_zaq": "bench"}
+                 "make_tables": "tables", "make_plots": "plots", "benchmark_zaq": "bench",
+                 "benchmark_deploy": "bench-deploy"}
 
 
 def broken_links(doc: Path, text: str) -> list[str]:

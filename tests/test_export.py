@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from zaqbench.dfq import dfq_quantize
+from zaqbench.quant.equalization import dfq_quantize
 from zaqbench.errors import UserError
 from zaqbench.export import load_quantized, save_quantized
 from zaqbench.quant import QConfig, calibrate_activations, quantize_model
@@ -60,11 +60,11 @@ def test_a_foreign_file_or_architecture_is_one_line(tmp_path):
 def test_runner_export_reproduces_the_row(tmp_path, monkeypatch):
     from tests.conftest import ROOT
     from tests.toy_task import ToyAdapter
-    from zaqbench.runner import main
+    from zaqbench.run.runner import main
 
     monkeypatch.setenv("ZAQBENCH_CACHE", str(tmp_path / "cache"))
     out, folder = tmp_path / "rows.csv", tmp_path / "models"
-    assert main(["--task", "toy", "--config", str(ROOT / "tests" / "data" / "toy_config.py"), "--method", "fp,ptq",
+    assert main(["--task", "toy", "--config", str(ROOT / "tests" / "data" / "toy_config.py"), "--methods", "fp,ptq",
                  "--bits", "4", "--out", str(out), "--work-dir", str(tmp_path / "work"), "--export", str(folder),
                  "--no-progress"]) == 0
     rows = {r["method"]: r for r in csv.DictReader(out.open())}

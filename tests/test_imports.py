@@ -75,5 +75,5 @@ def test_find_cycle_finds_one():
 
 def test_no_import_cycle_in_the_project():
     graph = import_graph()
-    assert "zaqbench.methods.zaq" in graph and "zaqbench.engine" in graph["zaqbench.methods.zaq"]
+    assert "zaqbench.methods.zaq" in graph and "zaqbench.zaq.engine" in graph["zaqbench.methods.zaq"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))

@@ -59,7 +59,7 @@ class ToyAdapter(TaskAdapter):
 
     def teacher_key(self) -> dict[str, Any]:
         """Everything the teacher depends on: the architecture (arch, width) and the (fixed) data and
-        recipe. The run's --seed is not part of it: the core trains teachers from a fixed seed."""
+        recipe. The run's seed is not part of it: the core trains teachers from a fixed seed."""
         return {**super().teacher_key(), "arch": self.task_cfg.get("arch", "conv"),
                 "width": int(self.task_cfg.get("width", 8)), "recipe": "adam-1e-2-60"}
 

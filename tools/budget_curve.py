@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Budget curves: evaluate ZAQ runs at chosen iterations from their snapshots.
 
-    tools/budget_curve.py --task cls --model resnet20 --method zaq --bits 4 --seeds 0,1,2 \
+    tools/budget_curve.py --task cls --model resnet20 --methods zaq --bits 4 --seeds 0,1,2 \
         --points 0,10,20,40,100,200,400
 
 Writes ``results/curves/<task>_<model>.csv`` (protocol columns + iteration) and a plot beside it.

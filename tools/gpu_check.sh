@@ -84,7 +84,7 @@ fi
 export ZAQBENCH_CACHE=${ZAQBENCH_CACHE_GPU_CHECK:-$PWD/work_dirs/gpu_check_cache}  # teachers trained here, on this device
 WORK=${GPU_CHECK_WORK:-work_dirs/gpu_check}
 mkdir -p "$OUT"
-COMMON=(--device "$DEVICE" --seed 0 --bits 4 --work-dir "$WORK" --no-progress)
+COMMON=(--device "$DEVICE" --seeds 0 --bits 4 --work-dir "$WORK" --no-progress)
 
 echo "== 1. ZAQ loop speed and memory ($mode)"
 bench=$($PY tools/benchmark_zaq.py --task cls --model resnet20 --device "$DEVICE" "${BENCH[@]}")
@@ -101,15 +101,15 @@ for task in $TASKS; do
                 "$m.lr_milestones=[0.3333,0.6667]" $m.q_bn_update=True $m.recalibrate_at_end=False $m.gen_output=bn
                 $m.bns_weight=0.0 $m.q_params=all $m.q_trust_steps=0.0 $m.relation_pool_size=32
                 $m.act_ranges=every-forward $m.relation_guard=safe $m.checkpoint_interval=500)
-      $PY tools/run_task.py --task cls --model resnet20 --method fp,ptq,zaq-official --quant-preset zaq-code "${COMMON[@]}" \
+      $PY tools/run_task.py --task cls --model resnet20 --methods fp,ptq,zaq-official --quant-preset zaq-code "${COMMON[@]}" \
           --out "$OUT/cls.csv" --cfg-options "${official[@]}" "${CLS_SMALL[@]}" ;;
     det)
       echo "== 3. det: RetinaNet teacher on $DEVICE, fp/ptq/ZAQ W4A4"
-      $PY tools/run_task.py --task det --method fp,ptq,zaq "${COMMON[@]}" --out "$OUT/det.csv" \
+      $PY tools/run_task.py --task det --methods fp,ptq,zaq "${COMMON[@]}" --out "$OUT/det.csv" \
           --cfg-options "${DETSEG[@]}" "${DET_SMALL[@]}" ;;
     seg)
       echo "== 3. seg: DeepLabV3 teacher on $DEVICE, fp/ptq/ZAQ W4A4"
-      $PY tools/run_task.py --task seg --method fp,ptq,zaq "${COMMON[@]}" --out "$OUT/seg.csv" \
+      $PY tools/run_task.py --task seg --methods fp,ptq,zaq "${COMMON[@]}" --out "$OUT/seg.csv" \
           --cfg-options "${DETSEG[@]}" "${SEG_SMALL[@]}" ;;
     *) echo "error: unknown task '$task' in GPU_CHECK_TASKS; use cls, det, seg" >&2; exit 2 ;;
   esac

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from zaqbench.plots import plot_run_diagnostics
+from zaqbench.run.curve_plots import plot_run_diagnostics
 
 
 def main() -> int:

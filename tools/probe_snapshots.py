@@ -3,7 +3,7 @@
 run: would a data-free choice of the returned iterate work? Give the options of the
 tools/budget_curve.py command that trained the run:
 
-    tools/probe_snapshots.py --task seg --model deeplabv3 --method zaq --bits 6 --seeds 0 \
+    tools/probe_snapshots.py --task seg --model deeplabv3 --methods zaq --bits 6 --seeds 0 \
         --points 0,10,20,40,100
 
 Writes ``results/curves/probes_<task>_<model>.csv`` and prints, per run, the rank correlation of

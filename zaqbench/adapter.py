@@ -10,13 +10,14 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from .data_identity import data_identity
 from .errors import UserError
+from .options import Options, check_entries, hashed_entries, one_of, option, positive_int
 
 Nested = Any  # a tensor, or lists / tuples / dicts of them
 
@@ -34,6 +35,44 @@ class InputSpec:
 
     def shape(self, batch: int) -> tuple[int, int, int, int]:
         return (batch, self.channels, self.height, self.width)
+
+
+@dataclass
+class TeacherOptions(Options):
+    """The keys of ``task.teacher`` every adapter reads (an adapter reads more of its own)."""
+
+    section: ClassVar[str] = "task.teacher"
+
+    threads: int | None = option(
+        None, positive_int | one_of(None, text="None for the process's thread count"), hashed=False,
+        help="CPU threads the teacher is trained with on any machine: on the CPU the trained teacher depends "
+             "on the thread count (docs/findings/threads_and_clones.md), so pinning it makes a fresh machine "
+             "train the teacher behind the committed rows; it does not change which teacher it is")
+
+
+@dataclass
+class EvalOptions(Options):
+    """The keys of ``task.eval`` every adapter's evaluation reads."""
+
+    section: ClassVar[str] = "task.eval"
+
+    batch_size: int | None = option(None, positive_int | one_of(None, text="None for the task's default"),
+                                    help="images per evaluation batch")
+    max_samples: int | None = option(None, positive_int | one_of(None, text="None for all samples"),
+                                     help="evaluate on the first N samples")
+
+
+#: the shared sections of ``cfg.task`` and what they declare
+SHARED_SECTIONS: dict[str, type[Options]] = {"teacher": TeacherOptions, "eval": EvalOptions}
+
+
+def hashed_task(task: Any) -> Any:
+    """The ``task`` section as it enters a row's config hash: each shared section by the one hashing
+    rule (:func:`zaqbench.options.hashed_entries`: ``teacher.threads`` stays out), the rest as given."""
+    if not isinstance(task, Mapping):
+        return task
+    return {**task, **{key: hashed_entries(task[key], schema) for key, schema in SHARED_SECTIONS.items()
+                       if isinstance(task.get(key), Mapping)}}
 
 
 class TaskAdapter(abc.ABC):
@@ -96,15 +135,8 @@ class TaskAdapter(abc.ABC):
             if unknown:
                 raise UserError(f"unknown task field(s) {', '.join('task.' + k for k in unknown)}; "
                                 f"valid fields: {', '.join(sorted(self.task_fields))}")
-        self.teacher_threads  # noqa: B018 - a bad task.teacher.threads fails here, before any work
-        evaluation = self.task_cfg.get("eval") or {}
-        if not isinstance(evaluation, dict):
-            raise UserError(f"task.eval={evaluation!r} must be a dict, e.g. task.eval.batch_size=100")
-        for key in ("batch_size", "max_samples"):  # shared by every adapter's evaluation
-            value = evaluation.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise UserError(f"task.eval.{key}={value!r} is not valid; use a positive integer"
-                                + (" (or None for all samples)" if key == "max_samples" else ""))
+        for key, schema in SHARED_SECTIONS.items():  # a bad teacher.threads or eval.batch_size fails here
+            check_entries(self.task_cfg.get(key), schema)
 
     @property
     def model_label(self) -> str:
@@ -128,24 +160,21 @@ class TaskAdapter(abc.ABC):
 
     @property
     def teacher_threads(self) -> int | None:
-        """``task.teacher.threads``: the CPU threads the teacher is trained with on any machine
-        (None: the process's own). Why: on the CPU the trained teacher depends on the thread
-        count (docs/findings/threads_and_clones.md), so pinning it makes a fresh machine train
-        the teacher behind the committed rows. Not part of the teacher's cache key, so existing
-        caches and config hashes stay valid."""
-        value = dict(self.task_cfg.get("teacher") or {}).get("threads")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UserError(f"task.teacher.threads={value!r} is not valid; use a positive integer "
-                            "(or None for the process's thread count)")
-        return value
+        """``task.teacher.threads`` (:class:`TeacherOptions`; None: the process's own thread count)."""
+        return check_entries(self.task_cfg.get("teacher"), TeacherOptions).threads
 
     def teacher_key(self) -> dict[str, Any]:
         """Everything the trained teacher depends on; hashed to name its cache file."""
         teacher = self.task_cfg.get("teacher")
-        if isinstance(teacher, dict):
-            teacher = without_threads(teacher)
+        if isinstance(teacher, Mapping):
+            teacher = hashed_entries(teacher, TeacherOptions)
         return {"task": type(self).__name__, "model": self.task_cfg.get("model"),
                 "teacher": teacher, "dataset": self.dataset_name}
+
+    def task_for_hash(self, task: Any) -> Any:
+        """``cfg.task`` as it enters a row's config hash (after ``teacher.threads`` is dropped):
+        as written, unless an adapter spells a field the way its committed rows were hashed."""
+        return task
 
     def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Load a user checkpoint's weights (strict); override to remap keys."""
@@ -174,6 +203,17 @@ class TaskAdapter(abc.ABC):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Score ``model`` on the evaluation split; must contain ``self.metric``."""
 
+    def deployed_model(self, model: nn.Module, raw: Callable[[torch.Tensor], Nested]) -> nn.Module:
+        """A stand-in for ``model`` that :meth:`evaluate` scores as it scores ``model``, with
+        ``raw(x)`` (a deployed graph's outputs for a batch, nested as :meth:`forward_raw` returns
+        them) in place of the network; whatever ``model`` does around the network (data
+        preprocessing, decoding, resizing) runs as is. Raise ``UserError`` for a model that cannot
+        be scored this way. Default: a module whose forward is ``raw``, right where
+        ``forward_raw(model, x)`` is ``model(x)``."""
+        from .deploy.runtime import DeployedRaw
+
+        return DeployedRaw(raw)
+
     # 6. real data ---------------------------------------------------------------
     @property
     @abc.abstractmethod
@@ -189,9 +229,3 @@ class TaskAdapter(abc.ABC):
         """``num_batches`` full batches of normalised training images (no labels), in an order drawn
         from ``seed``, for the real-data reference rows; passes over the training set repeat as needed
         (``real-kd`` asks for as many batches as its Q steps)."""
-
-
-def without_threads(teacher_cfg: dict[str, Any]) -> dict[str, Any]:
-    """A teacher section less ``threads``, which is pinned so that it does not change the teacher
-    (see ``TaskAdapter.teacher_threads``) and so stays out of its cache key."""
-    return {k: v for k, v in dict(teacher_cfg).items() if k != "threads"}

@@ -19,7 +19,7 @@ from torch import nn
 
 from .adapter import InputSpec, TaskAdapter
 from .errors import UserError
-from .features import stage_features
+from .zaq.features import stage_features
 from .methods import RunContext
 from .quant import QConfig, check_quantizable, layer_coverage
 from .registry import build_method
@@ -207,7 +207,7 @@ def run_config(task: str, model: str | None = None, *, config: str | Path | None
         >>> rows = zaqbench.run_config("cls", "resnet20", methods=["fp", "ptq"], bits=[8, 4])
         >>> [(r["method"], r["wbits"], r["value"]) for r in rows]
     """
-    from .runner import build_parser, run_rows
+    from .run.runner import build_parser, run_rows
 
     argv = ["--task", task]
     for flag, value in (("--model", model), ("--config", config), ("--out", out), ("--data-root", data_root),
@@ -215,10 +215,10 @@ def run_config(task: str, model: str | None = None, *, config: str | Path | None
         if value is not None:
             argv += [flag, str(value)]
     if methods:
-        argv += ["--method", ",".join(methods)]
+        argv += ["--methods", ",".join(methods)]
     if bits:
         argv += ["--bits", ",".join(str(b) for b in bits)]
-    argv += ["--seed", str(seed)] + (["--skip-existing"] if skip_existing else []) + \
+    argv += ["--seeds", str(seed)] + (["--skip-existing"] if skip_existing else []) + \
         ([] if progress else ["--no-progress"]) + (["--cfg-options", *cfg_options] if cfg_options else [])
     try:
         args = build_parser().parse_args(argv)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
-from .results import replace_keeping_mode
+from .run.results import replace_keeping_mode
 
 
 class SaveError(UserError):
@@ -50,22 +50,33 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def load_file(path: str | Path, trust: bool = False, map_location: Any = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True`` unless the user passed --trust-checkpoint."""
+def load_file(path: str | Path, trust: bool = False, map_location: Any = "cpu", *,
+              remake: str | None = None) -> Any:
+    """``torch.load`` with ``weights_only=True`` unless ``trust`` (the user's --trust-checkpoint).
+
+    ``remake``: for a file zaqbench writes itself (weights-only: a run's checkpoint, snapshots,
+    generator), how to write it again; its errors then say that, and never suggest --checkpoint
+    or --trust-checkpoint, which do not apply to it.
+    """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint '{path}' does not exist; check the path given to --checkpoint")
+        raise UserError(f"'{path}' does not exist; {remake}" if remake else
+                        f"checkpoint '{path}' does not exist; check the path given to --checkpoint")
     try:
         return torch.load(path, map_location=map_location, weights_only=not trust)
     except pickle.UnpicklingError as err:
+        if remake:
+            raise UserError(f"'{path}' holds more than weights, so it is not the weights-only file zaqbench "
+                            f"writes there; delete it and {remake}") from None
         if not trust:
             raise UserError(
                 f"checkpoint '{path}' holds more than weights (e.g. numpy objects in OpenMMLab meta) and "
                 "cannot be loaded weights-only; if you trust its source, rerun with --trust-checkpoint") from None
         raise UserError(f"checkpoint '{path}' is corrupt or not a PyTorch file: {str(err).splitlines()[0]}") from None
     except Exception as err:  # noqa: BLE001 - the unpickler raises anything (KeyError on a text file)
-        raise UserError(f"checkpoint '{path}' is corrupt or not a PyTorch file "
-                        f"({type(err).__name__}: {_first_line(err)}); check the path given") from None
+        fix = f"delete it and {remake}" if remake else "check the path given"
+        raise UserError(f"{'' if remake else 'checkpoint '}'{path}' is corrupt or not a PyTorch file "
+                        f"({type(err).__name__}: {_first_line(err)}); {fix}") from None
 
 
 def extract_state_dict(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_save, load_file
-from .dfq import ChannelReLU6
+from .quant.equalization import ChannelReLU6
 from .errors import UserError
 from .quant import QConfig, layer_coverage, load_quantizer_state, quantize_model, quantizer_state
 

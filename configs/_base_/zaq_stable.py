@@ -28,7 +28,7 @@ methods['dfq+zaq'] = zaq_stable
 # Adam, trust region, Q's BN statistics kept, valid-range images), so a gdfq row differs from a zaq
 # row by the generator's objective (CE + BN statistics against P, no min-max) and Q's loss (KD + CE
 # instead of D_o + D_f), not by the optimiser. GDFQ's own loss weights (bns_weight=0.1, CE weight 1,
-# KD at T=1) are its method defaults (zaqbench/gdfq.py); unlike the ZAQ recipe it re-sets Q's
+# KD at T=1) are its method defaults (zaqbench/zaq/gdfq.py); unlike the ZAQ recipe it re-sets Q's
 # activation ranges on the trained generator's images at the end (recalibrate_at_end, default True).
 gdfq_stable = dict(q_optimizer='adam-grid', q_lr=0.01, lr_milestones=[], q_bn_update=False,
                    gen_output='valid-range', q_params='quantized-weights', q_trust_steps=1.0)

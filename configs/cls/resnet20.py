@@ -14,7 +14,7 @@ quant = dict(preset="default")
 default_methods = ["fp", "ptq", "real-ptq", "zeroq", "zaq", "zaq-no-feat", "zaq-no-act", "dfq", "gdfq", "dfq+zaq",
                    "real-kd"]
 # CPU-sized schedule; the stabilisers come from configs/_base_/zaq_stable.py (merged key by key),
-# every other knob keeps the paper's default (zaqbench/engine.py ZAQConfig).
+# every other knob keeps the paper's default (zaqbench/zaq/engine.py ZAQConfig).
 zaq_cpu = dict(iters=40, batch_size=32, relation_pool_size=14, checkpoint_interval=10, calib_batches=4)
 # Calibration budgets, measured on seed 0/1: real-ptq gets 16 batches (2048 images) and ZeroQ two
 # distilled batches, which made both steady (README). Noise calibration takes 32 batches with an

@@ -1,7 +1,7 @@
 # Paper-scale run (ZAQ, CVPR 2021, Table 1): CIFAR-10 ResNet-20, W4A4, 300 epochs x 60
 # iterations at batch 256, with the official quantizer. For users with CIFAR-10 and a GPU:
 #   tools/run_task.py --task cls --model resnet20_cifar10_paper --data-root /data/cifar10 \
-#       --checkpoint resnet20_cifar10.pth --device cuda --method fp,ptq,zeroq,zaq
+#       --checkpoint resnet20_cifar10.pth --device cuda --methods fp,ptq,zeroq,zaq
 # (--data-root holds torchvision's cifar-10-batches-py; without --checkpoint a teacher is trained.)
 # The official code's loop is the method 'zaq-official' (README "The official code, reproduced");
 # the images are normalised as the official code's (its std, not CIFAR-10's measured one), so an

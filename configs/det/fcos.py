@@ -29,7 +29,7 @@ task = dict(
     type='det',
     features=['neck'],
     input_size=(128, 128),
-    data=dict(source='scenes', num_train=4000, num_val=1000, seed=0, spec=dict(size=128)),
+    data=dict(scenes=True, num_train=4000, num_val=1000, seed=0, spec=dict(size=128)),
     eval=dict(max_samples=None),
     teacher=dict(seed=0, log_interval=50, threads=1),  # threads: as retinanet.py
 )

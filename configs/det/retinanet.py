@@ -21,7 +21,7 @@ task = dict(
     type='det',
     features=['neck'],  # the FPN outputs P3-P5
     input_size=(128, 128),
-    data=dict(source='scenes', num_train=4000, num_val=1000, seed=0, spec=dict(size=128)),
+    data=dict(scenes=True, num_train=4000, num_val=1000, seed=0, spec=dict(size=128)),
     eval=dict(max_samples=None),
     # threads: the CPU threads the teacher trains with on any machine (1 gave the 0.370 teacher
     # behind results/det.csv; 2 give 0.341)

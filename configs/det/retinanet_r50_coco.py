@@ -13,7 +13,7 @@ task = dict(
     type='det',
     features=['neck'],  # the FPN outputs P3-P7
     input_size=(512, 512),  # generated images; evaluation keeps the stock 1333x800 pipeline
-    data=dict(source='coco'),  # needs --data-root
+    data=dict(scenes=False),  # the config's COCO dataset: needs --data-root
     eval=dict(max_samples=None),
     teacher=dict(seed=0, log_interval=50),
 )

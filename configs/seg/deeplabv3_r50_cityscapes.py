@@ -16,8 +16,8 @@ task = dict(
     type='seg',
     input_size=(512, 1024),  # the stock training crop: what the generator produces
     features=['backbone.layer1', 'backbone.layer2', 'backbone.layer3', 'backbone.layer4'],
-    eval=dict(max_samples=None, num_workers=2),
-    teacher=dict(seed=0, num_workers=2),
+    eval=dict(max_samples=None, workers=2),
+    teacher=dict(seed=0, workers=2),
     data=dict(scenes=False, name='cityscapes'))
 
 # Stem conv and the decode head's classifier in FP; the auxiliary FCN head

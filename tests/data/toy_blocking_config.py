@@ -1,4 +1,4 @@
-# The toy task with a method that blocks while ZAQBENCH_TEST_BLOCK is set (tests/blocking_method.py).
+# The toy task with the test methods of tests/blocking_method.py: block (once, while ZAQBENCH_TEST_BLOCK is set) and fail.
 _base_ = ['./toy_config.py']
 custom_imports = dict(imports=['tests.toy_task', 'tests.blocking_method'], allow_failed_imports=False)
 default_methods = ['fp', 'ptq', 'block', 'zaq']

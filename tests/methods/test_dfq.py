@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from zaqbench.dfq import (Chain, ChannelReLU6, absorb_high_bias, clipped_relu_mean, correct_bias, dfq_quantize,
+from zaqbench.quant.equalization import (Chain, ChannelReLU6, absorb_high_bias, clipped_relu_mean, correct_bias, dfq_quantize,
                           equalize, find_chains, relu_mean)
 from zaqbench.errors import UserError
 from zaqbench.quant import QConfig, quantize_model
-from zaqbench.runner import main
+from zaqbench.run.runner import main
 
 
 def randomize_bn(bn: nn.BatchNorm2d, g: torch.Generator) -> None:
@@ -323,7 +323,7 @@ def read(path):
 
 
 def test_dfq_on_the_toy_task_reports_its_chain(tmp_path, toy_env):
-    assert main(toy_args(tmp_path, toy_env, "--method", "dfq", "--bits", "8")) == 0
+    assert main(toy_args(tmp_path, toy_env, "--methods", "dfq", "--bits", "8")) == 0
     (row,) = read(tmp_path / "out.csv")
     assert row["calib_data"] == "gaussian-noise+dfq" and float(row["value"]) > 60
     (report,) = (tmp_path / "work").rglob("dfq.json")
@@ -332,7 +332,7 @@ def test_dfq_on_the_toy_task_reports_its_chain(tmp_path, toy_env):
 
 
 def test_a_model_dfq_cannot_handle_gets_an_explicit_na_row(tmp_path, toy_env, capsys):
-    assert main(toy_args(tmp_path, toy_env, "--method", "dfq,dfq+zaq", "--bits", "4",
+    assert main(toy_args(tmp_path, toy_env, "--methods", "dfq,dfq+zaq", "--bits", "4",
                          "--cfg-options", "task.arch=mlp", "quant.last_fp=False")) == 0
     written = read(tmp_path / "out.csv")
     assert [r["method"] for r in written] == ["dfq", "dfq+zaq"]

@@ -12,7 +12,7 @@ from tests.conftest import run_task_cli
 from tests.toy_task import ToyAdapter
 from zaqbench.adapter import InputSpec
 from zaqbench.errors import UserError
-from zaqbench.gdfq import ConditionalGenerator, GDFQConfig, GDFQTrainer, kd_loss, logit_classes
+from zaqbench.zaq.gdfq import ConditionalGenerator, GDFQConfig, GDFQTrainer, kd_loss, logit_classes
 from zaqbench.methods import RunContext
 from zaqbench.quant import QConfig, quantize_model
 from zaqbench.registry import build_method

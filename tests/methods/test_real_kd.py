@@ -1,9 +1,9 @@
 """real-kd: ZAQ's Q training on real images; the generator never trains and the data is real."""
 import torch
 
-from zaqbench.engine import ZAQConfig
+from zaqbench.zaq.engine import ZAQConfig
 from zaqbench.quant import QConfig, quantize_model
-from zaqbench.real_kd import RealDataTrainer
+from zaqbench.zaq.real_kd import RealDataTrainer
 from zaqbench.registry import build_method
 
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from mmengine.config import Config
 
 from tests.toy_task import ToyAdapter
-from zaqbench.discrepancy import _as_4d, layer_discrepancies, zero_feature_vectors
-from zaqbench.engine import DivergenceError, ZAQConfig, ZAQTrainer
+from zaqbench.zaq.discrepancy import _as_4d, layer_discrepancies, zero_feature_vectors
+from zaqbench.zaq.engine import DivergenceError, ZAQConfig, ZAQTrainer
 from zaqbench.errors import UserError
 from zaqbench.quant import (FakeQuantizer, QConfig, QuantReLU, act_quantizers, calibrate_activations,
                             load_quantizer_state, official_fake_quantize, quantize_model, quantizer_state)
@@ -301,7 +301,7 @@ def test_after_relu_needs_relu_modules():
 
 
 def test_bad_quant_options_are_one_line():
-    with pytest.raises(UserError, match="a_placement must be one of"):
+    with pytest.raises(UserError, match="quant.a_placement='before-relu' is not valid"):
         QConfig(a_placement="before-relu")
     with pytest.raises(UserError, match="asymmetric"):
         QConfig(rounding="after-zero-point")  # the default weights are symmetric
@@ -338,7 +338,7 @@ def test_new_options_at_their_defaults_leave_hashed_dicts_alone():
     assert set(QConfig().to_dict()) == {"wbits", "abits", "w_granularity", "w_symmetric", "a_symmetric", "a_range",
                                         "a_momentum", "first_fp", "last_fp", "fp_layers", "bn_fold"}
     code = QConfig.from_dict({"preset": "zaq-code"})
-    assert code.to_dict()["a_placement"] == "after-relu" and code.later_options() == {
+    assert code.to_dict()["a_placement"] == "after-relu" and code.extra_settings() == {
         "a_placement": "after-relu", "ste": "identity", "w_range": "minmax", "rounding": "after-zero-point"}
     zaq = build_method("zaq")
     assert "act_ranges" not in zaq.cfg and "relation_guard" not in zaq.settings()

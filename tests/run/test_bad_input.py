@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from zaqbench.errors import UserError
-from zaqbench.runner import main
+from zaqbench.run.runner import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY = str(ROOT / "tests" / "data" / "toy_config.py")
@@ -60,13 +60,17 @@ def assert_nothing_written(toy) -> None:
 BAD_ARGS = {
     "bits with an empty item": (["--bits", "8,,4"], "empty item"),
     "bits with no item": (["--bits", ","], "empty item"),
-    "method with no item": (["--method", ","], "empty item"),
-    "a method twice": (["--method", "ptq,ptq"], "repeats"),
+    "method with no item": (["--methods", ","], "empty item"),
+    "a method twice": (["--methods", "ptq,ptq"], "repeats"),
     "bits twice": (["--bits", "8,8"], "repeats"),
+    "bits out of range": (["--bits", "8,9"], "--bits=9 is not valid; use 2-8, or 16/32 for full precision"),
+    "wbits out of range": (["--wbits", "1"], "--wbits=1 is not valid"),
     "bits and wbits": (["--bits", "8", "--wbits", "4"], "not both"),
     "bits and abits": (["--bits", "8", "--abits", "4"], "not both"),
-    "a huge seed": (["--seed", str(2**70)], "--seed"),
-    "a negative seed": (["--seed", "-1"], "--seed"),
+    "a huge seed": (["--seeds", str(2**70)], "--seeds=1180591620717411303424 is not valid; use an integer from 0"),
+    "a negative seed": (["--seeds", "0,-1"], "--seeds=-1 is not valid"),
+    "a seed twice": (["--seeds", "1,1"], "repeats 1"),
+    "a seed that is no integer": (["--seeds", "2**70"], "--seeds must be comma-separated integers"),
     "zaq iters negative": (["--cfg-options", "methods.zaq.iters=-1"], "methods.zaq.iters"),
     "zaq iters fractional": (["--cfg-options", "methods.zaq.iters=1.5"], "methods.zaq.iters"),
     "zaq iters not a number": (["--cfg-options", "methods.zaq.iters=abc"], "methods.zaq.iters"),
@@ -117,7 +121,7 @@ def test_unwritable_work_dir_fails_before_the_teacher(toy, capsys):
 def test_out_that_is_not_a_regular_file_is_refused(toy, capsys, kind):
     out = Path("/dev/null") if kind == "device" else toy["tmp"] / "adir"
     out.mkdir(exist_ok=True) if kind == "directory" else None
-    assert run_toy(toy, "--method", "fp", out=out) == 2
+    assert run_toy(toy, "--methods", "fp", out=out) == 2
     assert_one_error_line(capsys, "--out")
     assert out.is_char_device() if kind == "device" else out.is_dir()
 
@@ -126,17 +130,17 @@ def test_out_symlink_is_followed_and_kept(toy):
     target = toy["tmp"] / "real.csv"
     link = toy["tmp"] / "link.csv"
     link.symlink_to(target)
-    assert run_toy(toy, "--method", "fp", out=link) == 0
+    assert run_toy(toy, "--methods", "fp", out=link) == 0
     assert link.is_symlink() and [r["method"] for r in rows_of(target)] == ["fp"]
 
 
 def test_appends_keep_the_file_mode_and_new_files_follow_the_umask(toy):
-    assert run_toy(toy, "--method", "fp") == 0
+    assert run_toy(toy, "--methods", "fp") == 0
     mask = os.umask(0o022)
     os.umask(mask)
     assert stat.S_IMODE(toy["out"].stat().st_mode) == 0o666 & ~mask
     toy["out"].chmod(0o640)
-    assert run_toy(toy, "--method", "ptq") == 0
+    assert run_toy(toy, "--methods", "ptq") == 0
     assert stat.S_IMODE(toy["out"].stat().st_mode) == 0o640
     teacher = next((toy["cache"] / "teachers").glob("*.pth"))
     assert stat.S_IMODE(teacher.stat().st_mode) == 0o666 & ~mask
@@ -145,14 +149,14 @@ def test_appends_keep_the_file_mode_and_new_files_follow_the_umask(toy):
 def test_a_second_run_of_the_same_jobs_is_refused_while_the_first_holds_the_lock(toy, capsys):
     from filelock import FileLock
 
-    from zaqbench.run_lock import lock_path
+    from zaqbench.run.locks import lock_path
 
-    from zaqbench.runner import build_parser, build_plan
+    from zaqbench.run.runner import build_parser, build_plan
 
     # the run folder the plan uses; another process holds its lock
 
     args = build_parser().parse_args(["--task", "toy", "--config", TOY, "--out", str(toy["out"]),
-                                      "--work-dir", str(toy["work"]), "--method", "ptq"])
+                                      "--work-dir", str(toy["work"]), "--methods", "ptq"])
     plan = build_plan(args)
     path = lock_path(plan.run_dir(plan.jobs[0], 0))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +165,7 @@ def test_a_second_run_of_the_same_jobs_is_refused_while_the_first_holds_the_lock
         "print('held', flush=True); time.sleep(30)"), str(path)], stdout=subprocess.PIPE, text=True)
     try:
         assert code.stdout.readline().strip() == "held"
-        assert run_toy(toy, "--method", "ptq") == 2
+        assert run_toy(toy, "--methods", "ptq") == 2
         assert_one_error_line(capsys, "another run", plan.run_dir(plan.jobs[0], 0).name)
         assert not toy["out"].exists()
     finally:
@@ -170,22 +174,22 @@ def test_a_second_run_of_the_same_jobs_is_refused_while_the_first_holds_the_lock
     lock = FileLock(str(path), timeout=0)
     lock.acquire()  # released with its holder
     lock.release()
-    assert run_toy(toy, "--method", "ptq") == 0
+    assert run_toy(toy, "--methods", "ptq") == 0
 
 
 def test_an_unwritable_cache_still_finishes_the_run_and_says_so(toy, capsys, monkeypatch):
     blocker = toy["tmp"] / "cache-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("ZAQBENCH_CACHE", str(blocker))
-    assert run_toy(toy, "--method", "fp,ptq") == 0
+    assert run_toy(toy, "--methods", "fp,ptq") == 0
     err = capsys.readouterr().err
     assert "not writable" in err and "not cached" in err
     assert [r["method"] for r in rows_of(toy["out"])] == ["fp", "ptq"]
 
 
 def test_a_row_that_cannot_be_appended_is_kept_not_lost(tmp_path):
-    from zaqbench.results import COLUMNS
-    from zaqbench.runner import append_or_keep
+    from zaqbench.run.results import COLUMNS
+    from zaqbench.run.runner import append_or_keep
 
     row = {c: "x" for c in COLUMNS}
     out = tmp_path / "gone" / "out.csv"
@@ -205,16 +209,16 @@ def corrupt(path: Path, line: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["near the top", "last line"])
 def test_invalid_bytes_in_the_results_csv_are_skipped_and_never_block_an_append(toy, capsys, where):
-    assert run_toy(toy, "--method", "fp,ptq", "--bits", "8,4") == 0
+    assert run_toy(toy, "--methods", "fp,ptq", "--bits", "8,4") == 0
     n = len(toy["out"].read_bytes().splitlines())
     bad_line = 2 if where == "near the top" else n
     corrupt(toy["out"], bad_line)
     capsys.readouterr()
-    assert run_toy(toy, "--method", "fp,ptq", "--bits", "8,4", "--dry-run") == 0
+    assert run_toy(toy, "--methods", "fp,ptq", "--bits", "8,4", "--dry-run") == 0
     out = capsys.readouterr()
     assert f"{toy['out']}:{bad_line}: invalid bytes" in out.err and "to run" in out.out
-    assert run_toy(toy, "--method", "fp,ptq", "--bits", "8,4", "--skip-existing") == 0
-    assert run_toy(toy, "--method", "zaq", "--bits", "8") == 0  # the append after the bad line
+    assert run_toy(toy, "--methods", "fp,ptq", "--bits", "8,4", "--skip-existing") == 0
+    assert run_toy(toy, "--methods", "zaq", "--bits", "8") == 0  # the append after the bad line
     data = toy["out"].read_bytes()
     assert b"\xff\xfe garbage" in data  # what was there is kept as it was
     assert data.decode("utf-8", errors="replace").splitlines()[-1].split(",")[3] == "zaq"
@@ -242,14 +246,14 @@ def test_the_teacher_and_rows_identify_the_data(toy):
         (root / "data.bin").write_bytes(content)
         roots.append(root)
     for root in roots:
-        assert run_toy(toy, "--method", "fp", "--data-root", str(root), "--skip-existing") == 0
+        assert run_toy(toy, "--methods", "fp", "--data-root", str(root), "--skip-existing") == 0
     rows = rows_of(toy["out"])
     assert len(rows) == 2  # the second data root was not skipped as done
     assert rows[0]["config_hash"] != rows[1]["config_hash"]
     assert [r["dataset"].split("@")[1].split("#")[0] for r in rows] == [str(r) for r in roots]
     assert len(list((toy["cache"] / "teachers").glob("*.pth"))) == 2  # one teacher per data
     (roots[0] / "data.bin").write_bytes(b"ONE")  # same size, new content: a new fingerprint
-    assert run_toy(toy, "--method", "fp", "--data-root", str(roots[0]), "--skip-existing") == 0
+    assert run_toy(toy, "--methods", "fp", "--data-root", str(roots[0]), "--skip-existing") == 0
     assert len(rows_of(toy["out"])) == 3
 
 
@@ -257,7 +261,7 @@ def test_the_cached_teacher_does_not_depend_on_the_first_seed(toy, monkeypatch):
     values = []
     for seed, cache in (("3", "c1"), ("0", "c2")):
         monkeypatch.setenv("ZAQBENCH_CACHE", str(toy["tmp"] / cache))
-        assert run_toy(toy, "--method", "fp", "--seed", seed) == 0
+        assert run_toy(toy, "--methods", "fp", "--seeds", seed) == 0
         teacher = next((toy["tmp"] / cache / "teachers").glob("*.pth"))
         values.append(torch.load(teacher, weights_only=True))
     assert all(torch.equal(values[0][k], values[1][k]) for k in values[0])
@@ -274,9 +278,9 @@ def test_a_text_file_as_checkpoint(toy, capsys):
 
 # -- faults during a ZAQ run -----------------------------------------------------------------------
 def zaq_iterations(toy, *extra: str) -> list[int]:
-    from zaqbench.loss_log import read_loss_log
+    from zaqbench.zaq.loss_log import read_loss_log
 
-    assert run_toy(toy, "--method", "zaq", "--bits", "8", *extra) == 0
+    assert run_toy(toy, "--methods", "zaq", "--bits", "8", *extra) == 0
     log = next(toy["work"].rglob("losses.jsonl"))
     return [e["iter"] for e in read_loss_log(log)]
 
@@ -303,11 +307,26 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_last_on
 
     monkeypatch.setattr(torch, "save", disk_full)
     toy["out"].unlink()
-    assert run_toy(toy, "--method", "zaq", "--bits", "8", *options) == 2
+    assert run_toy(toy, "--methods", "zaq", "--bits", "8", *options) == 2
     assert_one_error_line(capsys, "cannot write", "checkpoint.pth", "intact")
     assert checkpoint.read_bytes() == before
     assert not toy["out"].exists()
     assert not list(checkpoint.parent.glob(".*.tmp"))
+
+
+def test_a_resume_checkpoint_that_is_not_weights_is_one_line_naming_the_fix(toy, capsys):
+    import argparse
+
+    options = ["--cfg-options", "methods.zaq.iters=4", "methods.zaq.checkpoint_interval=2"]
+    assert zaq_iterations(toy, *options) == [1, 2, 3, 4]
+    checkpoint = next(toy["work"].rglob("checkpoint.pth"))
+    torch.save({"iteration": 2, "meta": argparse.Namespace(lr=0.1)}, checkpoint)  # not what zaqbench writes
+    toy["out"].unlink()
+    capsys.readouterr()
+    assert run_toy(toy, "--method", "zaq", "--bits", "8", "--resume", *options) == 2
+    line = assert_one_error_line(capsys, "checkpoint.pth", "delete it and rerun without --resume")
+    assert "--trust-checkpoint" not in line  # it applies to --checkpoint only, never to a run's own files
+    assert not toy["out"].exists()
 
 
 def test_an_uncalibrated_activation_quantizer_never_observes_during_evaluation():
@@ -329,19 +348,19 @@ def test_an_uncalibrated_activation_quantizer_never_observes_during_evaluation()
 def test_tasks_that_write_their_data_into_the_cache_refuse_an_unwritable_one_up_front(tmp_path, monkeypatch,
                                                                                        task):
     import tasks  # noqa: F401 - registers the adapters, as tools/run_task.py does
-    from zaqbench.runner import build_parser, build_plan
+    from zaqbench.run.runner import build_parser, build_plan
 
     blocker = tmp_path / "cache-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("ZAQBENCH_CACHE", str(blocker))
-    args = build_parser().parse_args(["--task", task, "--method", "fp", "--out", str(tmp_path / "o.csv"),
+    args = build_parser().parse_args(["--task", task, "--methods", "fp", "--out", str(tmp_path / "o.csv"),
                                       "--work-dir", str(tmp_path / "w")])
     with pytest.raises(UserError, match="ZAQBENCH_CACHE"):
         build_plan(args)
 
 
-@pytest.mark.parametrize("extra, needle", [(["--seed", "2**70"], "--seed"), (["--bits"], "--bits"),
-                                           (["--no-such-option"], "unrecognized")])
+@pytest.mark.parametrize("extra, needle", [(["--seed", "0"], "unrecognized arguments: --seed"), (["--bits"], "--bits"),
+                                           (["--no-such-option"], "unrecognized"), (["--meth", "fp"], "--meth")])
 def test_argparse_errors_are_one_line_too(toy, capsys, extra, needle):
     with pytest.raises(SystemExit) as exit_info:
         run_toy(toy, *extra)
@@ -362,10 +381,10 @@ def test_more_faults_are_one_line(tmp_path, capsys):
     from PIL import Image
 
     from tasks.imagefolder import FolderSplit, ImageFiles
-    from zaqbench.results import COLUMNS
+    from zaqbench.run.results import COLUMNS
     from zaqbench.run.plots import plot_losses
     from zaqbench.run.tables import write_tables
-    from zaqbench.runner import load_config
+    from zaqbench.run.runner import load_config
 
     config = tmp_path / "exits.py"
     config.write_text("import sys\nsys.exit(3)\n")
@@ -397,8 +416,8 @@ def test_more_faults_are_one_line(tmp_path, capsys):
 def test_a_full_disk_and_a_foreign_lock_are_one_line(tmp_path, monkeypatch):
     import builtins
 
-    from zaqbench.loss_log import append_loss_entry
-    from zaqbench.run_lock import hold_run_folders
+    from zaqbench.zaq.loss_log import append_loss_entry
+    from zaqbench.run.locks import hold_run_folders
 
     real_open = builtins.open
 
@@ -427,3 +446,26 @@ def test_plots_of_a_missing_folder_or_task_are_an_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert make_plots(tmp_path, tmp_path, ["bogus"]) == 2
     assert "no results for task(s) bogus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["pickled", "corrupt"])
+def test_plots_of_a_run_whose_generator_file_is_not_weights_are_one_line(tmp_path, capsys, content):
+    import argparse
+
+    from tests.conftest import result_row
+    from zaqbench.run.cli import run_command
+    from zaqbench.run.results import append_rows
+    from zaqbench.run.runner import default_model, run_dir_name
+
+    model = default_model("cls")
+    append_rows(tmp_path / "results" / "cls.csv", [result_row(model=model, method="zaq", config_hash="h")])
+    run = tmp_path / "work" / "cls" / model / run_dir_name("zaq", 4, 4, 0, "h")
+    run.mkdir(parents=True)
+    if content == "pickled":  # arbitrary objects: never unpickled, and the tool has no flag to allow it
+        torch.save({"project.weight": torch.zeros(1), "meta": argparse.Namespace(lr=0.1)}, run / "generator.pth")
+    else:
+        (run / "generator.pth").write_text("not a checkpoint\n")
+    assert run_command("plots", ["--tasks", "cls", "--results", str(tmp_path / "results"),
+                                 "--work-dir", str(tmp_path / "work")]) == 2  # as tools/make_plots.py runs
+    line = assert_one_error_line(capsys, "generator.pth", "delete it and rerun the ZAQ W4A4 seed-0 run")
+    assert "--trust-checkpoint" not in line and "--checkpoint" not in line

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def regenerate(tmp_path, *extra):
     env = {**os.environ, "ZAQBENCH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
            "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "regenerate.py"), "--task", "toy",
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "regenerate.py"), "--tasks", "toy",
                            "--configs", str(tmp_path / "configs"), "--results", str(tmp_path / "results"),
                            "--no-tables", *extra], env=env, capture_output=True, text=True, timeout=600)
 
@@ -49,7 +49,12 @@ def test_parallel_jobs_write_each_cell_once_and_resume(toy_configs):
 
 @pytest.mark.parametrize("extra, message", [
     (("--devices", "cuda:99"), "--devices entry 'cuda:99'"),
-    (("--devices", "cpu,,cpu"), "empty entry"),
+    (("--devices", "cpu,,cpu"), "empty item"),
+    (("--devices", "cpu,cpu"), "repeats cpu"),
+    (("--seeds", "0,0"), "--seeds '0,0' repeats 0"),
+    (("--bits", "8,9"), "--bits=9 is not valid"),
+    (("--task", "toy"), "--task is set by the grid for each run; use --tasks"),
+    (("--out", "x.csv"), "use --results"),
     (("--jobs", "0"), "--jobs must be at least 1"),
     (("--jobs", "2", "--devices", "cpu"), "either --jobs"),
     (("--devices", "cpu", "--device", "cpu"), "cannot be combined"),

@@ -1,13 +1,14 @@
 """One comma-list rule for every command: empty items, wrong kinds and repeats are errors."""
 import pytest
 
-from zaqbench.curves import parse_int_list
+from zaqbench.run.args import parse_bits, parse_seeds
+from zaqbench.run.curves import parse_points
 from zaqbench.errors import UserError
 from zaqbench.run.lists import parse_list
 
 
 def test_items_keep_their_order_and_kind():
-    assert parse_list(" ptq, zaq ", "--method") == ["ptq", "zaq"]
+    assert parse_list(" ptq, zaq ", "--methods") == ["ptq", "zaq"]
     assert parse_list("8,6,4", "--bits", int) == [8, 6, 4]
 
 
@@ -18,7 +19,9 @@ def test_bad_lists_are_one_line(text, message):
         parse_list(text, "--seeds", int)
 
 
-def test_a_repeat_is_an_error_in_every_command():
+def test_the_typed_lists_check_each_item():
     with pytest.raises(UserError, match="repeats 0"):
-        parse_int_list("0,0", "--seeds", 0)  # budget curves' seeds, as the runner's --bits
-    assert parse_int_list("40,0,10", "--points", 0) == [0, 10, 40]
+        parse_seeds("0,0")
+    with pytest.raises(UserError, match=r"--bits=9 is not valid; use 2-8, or 16/32"):
+        parse_bits("8,9")
+    assert parse_points("40,0,10") == [0, 10, 40]

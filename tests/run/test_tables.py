@@ -13,7 +13,7 @@ import tests.toy_task  # noqa: F401 - registers the toy task, as a user's own mo
 from zaqbench.run.tables import main as make_tables
 from zaqbench.methods import Method, MethodOutput, RunContext
 from zaqbench.registry import METHODS, grid_methods, method_label, method_order, task_title
-from zaqbench.results import COLUMNS, append_rows
+from zaqbench.run.results import COLUMNS, append_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,3 +93,25 @@ def test_registry_lookups_fall_back_for_unknown_names():
     assert method_label("real-ptq") == "real-ptq (reference, uses real data)" and method_label("nope") == "nope"
     assert method_order("fp") < method_order("zaq") < method_order("real-ptq") < method_order("nope")
     assert "zaq-official" not in grid_methods()  # run by the paper config only
+
+
+def test_deployed_values_sit_beside_the_simulated_ones(tmp_path):
+    how = "deploy.graph=W4:int8 QDQ + Clip[-8..7] per-channel/A4:uint8 QDQ + Clip[0..15];deploy.opset=21;" \
+          "deploy.runtime=onnxruntime-1.32.0;deploy.threads=1;deploy.cpu=AMD EPYC (avx2)"
+    append_rows(tmp_path / "toy.csv", toy_rows("zaq") + [
+        row(method="ptq", seed=0, value=45.0, extra_metrics=f"deployed_value=44.0;{how}"),
+        row(method="ptq", seed=1, value=47.0, extra_metrics=f"deployed_value=47.0;{how};layers.quantized=3")])
+    out = tmp_path / "README.md"
+    assert make_tables(["--results", str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| quadrants | ptq | 90.00 | 46.00 ± 1.41 (51.1%) |" in text  # the simulated table is unchanged
+    assert ("| quadrants | ptq | W4A4 | 46.00 ± 1.41 (51.1%) | 45.50 ± 2.12 (50.6%) | -0.50 | onnxruntime-1.32.0, "
+            "1 thread(s) on AMD EPYC (avx2), opset 21: W4:int8 QDQ + Clip[-8..7] per-channel/A4:uint8 QDQ + Clip[0..15] |") in text
+    assert [line for line in text.splitlines() if "| quadrants | zaq | W4A4" in line] == []  # no deployed value
+
+
+def test_rows_without_deployed_values_render_no_deployed_table(tmp_path):
+    append_rows(tmp_path / "toy.csv", toy_rows("ptq"))
+    out = tmp_path / "README.md"
+    assert make_tables(["--results", str(tmp_path), "--out", str(out)]) == 0
+    assert "Deployed" not in out.read_text()

@@ -12,7 +12,7 @@ import pytest
 import tasks  # noqa: F401 - registers the task adapters (section titles)
 from zaqbench import methods  # noqa: F401 - registers the methods (row order and notes)
 from zaqbench.run.tables import render
-from zaqbench.results import append_rows
+from zaqbench.run.results import append_rows
 from tests.conftest import result_row
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +99,7 @@ def test_rankings_are_claimed_only_beyond_the_seed_spread(tmp_path):
 
 
 def test_curve_tables_show_mean_and_std_per_iteration(tmp_path):
-    from zaqbench.curves import CURVE_COLUMNS
+    from zaqbench.run.curves import CURVE_COLUMNS
 
     def crow(seed, iteration, value, options=""):
         base = {c: "x" for c in CURVE_COLUMNS}
@@ -123,7 +123,7 @@ def test_curve_tables_show_mean_and_std_per_iteration(tmp_path):
 
 
 def test_curve_tables_show_each_seeds_worst_drop_below_iteration_0(tmp_path):
-    from zaqbench.curves import CURVE_COLUMNS
+    from zaqbench.run.curves import CURVE_COLUMNS
 
     def crow(seed, iteration, value):
         base = {c: "x" for c in CURVE_COLUMNS}
@@ -139,7 +139,7 @@ def test_curve_tables_show_each_seeds_worst_drop_below_iteration_0(tmp_path):
 
 
 def test_probe_tables_say_which_snapshot_each_probe_set_would_pick(tmp_path):
-    from zaqbench.probes import PROBE_COLUMNS
+    from zaqbench.run.probes import PROBE_COLUMNS
 
     def prow(iteration, value, d_initial, d_final):
         base = {c: "x" for c in PROBE_COLUMNS}

@@ -4,7 +4,7 @@ import torch
 import tasks  # noqa: F401 - registers the adapters
 from tests.conftest import tiny_cls_config
 from zaqbench.errors import UserError
-from zaqbench.features import forward_with_features
+from zaqbench.zaq.features import forward_with_features
 from zaqbench.registry import build_task
 
 

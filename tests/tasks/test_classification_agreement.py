@@ -14,7 +14,7 @@ from tests.colour_model import WNIDS, colour_net, make_imagefolder
 from tests.conftest import tiny_cls_config
 from zaqbench.errors import UserError
 from zaqbench.registry import build_task
-from zaqbench.runner import main
+from zaqbench.run.runner import main
 
 CLASSES = 10
 
@@ -205,7 +205,7 @@ def test_runner_rows_carry_the_agreement_metrics(tmp_path, monkeypatch, capsys):
     torch.save(colour_net(num_classes=3, in_channels=3).state_dict(), ckpt)
     out = tmp_path / "rows.csv"
     code = main(["--task", "cls", "--config", str(config), "--checkpoint", str(ckpt), "--data-root", str(root),
-                 "--method", "fp,ptq", "--bits", "8", "--out", str(out), "--work-dir", str(tmp_path / "work"),
+                 "--methods", "fp,ptq", "--bits", "8", "--out", str(out), "--work-dir", str(tmp_path / "work"),
                  "--no-progress"])
     assert code == 0, capsys.readouterr().err
     with open(out) as f:

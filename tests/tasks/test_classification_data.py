@@ -83,7 +83,10 @@ def test_non_image_files_are_skipped_with_a_count(tmp_path, capsys):
     assert adapter.evaluate(adapter.build_model()) == {"top1": 100.0}
 
 
-def test_undecodable_image_is_one_line_from_a_worker(tmp_path):
+def test_undecodable_image_is_one_line_from_a_worker(tmp_path, monkeypatch):
+    from zaqbench import devices
+
+    monkeypatch.setattr(devices, "usable_cores", lambda: 4)  # a machine where the worker starts
     root = make_imagefolder(tmp_path / "imgs", per_class=2)
     data = (root / "val" / WNIDS[2] / "0.png").read_bytes()
     (root / "val" / WNIDS[2] / "0.png").write_bytes(data[:len(data) // 3])
@@ -95,6 +98,7 @@ def test_undecodable_image_is_one_line_from_a_worker(tmp_path):
     assert "0.png" in str(err.value)
 
 
+@pytest.mark.slow
 def test_features_are_checked_and_printed(tmp_path, capsys, fmnist_root):
     adapter = build_task("cls", cfg=tiny_cls_config(features=["layer1", "nope"]), model_name="x",
                          data_root=str(fmnist_root), cache_dir=tmp_path, device=torch.device("cpu"))
@@ -143,3 +147,14 @@ def test_imagenet_configs_features_are_the_automatic_choice(name, tmp_path, caps
     auto.check()
     assert auto.feature_names == explicit
     assert auto.model_label == name  # the config's own architecture: no suffix
+
+
+@pytest.mark.parametrize("cores, started", [(2, 0), (4, 3), (16, 4)])
+def test_loader_workers_follow_the_cores(tmp_path, monkeypatch, cores, started):
+    """task.eval.workers asks (4 here; the teacher falls back to it); the cores this process has decide."""
+    from zaqbench import devices
+
+    monkeypatch.setattr(devices, "usable_cores", lambda: cores)
+    adapter = colour_adapter(make_imagefolder(tmp_path / "imgs", per_class=1), tmp_path,
+                             eval=dict(batch_size=5, workers=4))
+    assert adapter._workers("eval") == adapter._workers("teacher") == started

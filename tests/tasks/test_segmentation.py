@@ -17,13 +17,13 @@ from mmengine.config import Config  # noqa: E402
 
 from tasks.scenes import SceneSpec, generate_scenes, write_mmseg  # noqa: E402
 from tasks.segmentation import SCENE_CLASSES, SegmentationAdapter  # noqa: E402
-from zaqbench.engine import ZAQConfig, ZAQTrainer  # noqa: E402
+from zaqbench.zaq.engine import ZAQConfig, ZAQTrainer  # noqa: E402
 from zaqbench.errors import UserError  # noqa: E402
-from zaqbench.features import forward_with_features  # noqa: E402
+from zaqbench.zaq.features import forward_with_features  # noqa: E402
 from zaqbench.quant import QConfig, quantize_model  # noqa: E402
 from zaqbench.registry import build_method  # noqa: E402
 import zaqbench.methods  # noqa: E402,F401 - registers the methods
-from zaqbench.teacher import load_weights  # noqa: E402
+from zaqbench.run.teacher import load_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 64
@@ -90,7 +90,7 @@ def adapter(fmnist_root, cache) -> SegmentationAdapter:
 @pytest.fixture
 def scenes_copy(adapter, tmp_path) -> Path:
     """A private copy of the built scenes (mmseg layout) that a test may damage."""
-    return Path(shutil.copytree(adapter.data_root_for_scenes(), tmp_path / "scenes"))
+    return Path(shutil.copytree(adapter.root, tmp_path / "scenes"))
 
 
 # -- model, input, features, outputs ---------------------------------------------------------
@@ -283,7 +283,7 @@ def test_bad_model_config_raises_user_error(tmp_path, change, match):
 
 
 def test_size_the_generator_cannot_produce_raises_user_error(tmp_path):
-    with pytest.raises(UserError, match="multiples of 4"):
+    with pytest.raises(UserError, match="multiple of 4"):
         make_adapter(tmp_path, None, tiny_deeplabv3_config(input_size=(66, 64)))
 
 
@@ -298,3 +298,75 @@ def test_mismatched_checkpoint_raises_user_error(adapter, tmp_path):
 def test_importing_the_adapter_does_not_import_mmseg():
     code = "import sys, tasks.segmentation; assert 'mmseg' not in sys.modules and 'mmcv' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+# -- the settings seg shares with det (tasks/mm_base.py) -----------------------------------------------
+def plan_of(tmp_path: Path, monkeypatch, *args: str):
+    """The runner's plan (every check, no work) of a seg run on the embedded data."""
+    import tasks  # noqa: F401 - registers the adapters
+    from zaqbench.run.runner import build_parser, build_plan
+
+    monkeypatch.delenv("ZAQBENCH_DATA", raising=False)
+    monkeypatch.setenv("ZAQBENCH_CACHE", str(tmp_path / "cache"))
+    return build_plan(build_parser().parse_args(["--task", "seg", "--out", str(tmp_path / "out.csv"),
+                                                 "--device", "cpu", *args]))
+
+
+def test_shipped_config_keeps_the_config_hash_of_its_committed_rows(tmp_path, monkeypatch):
+    import csv
+
+    with open(ROOT / "results" / "seg.csv", newline="") as f:
+        committed = {row["config_hash"] for row in csv.DictReader(f)
+                     if row["model"] == "deeplabv3" and row["method"] == "fp"}
+    plan = plan_of(tmp_path, monkeypatch, "--model", "deeplabv3", "--method", "fp")
+    assert committed == {plan.jobs[0].config_hash}
+
+
+def test_worker_counts_are_hashed_as_the_committed_configs_spell_them():
+    cfg = Config.fromfile(str(ROOT / "configs" / "seg" / "deeplabv3_r50_cityscapes.py"))
+    adapter = SegmentationAdapter(cfg, "deeplabv3_r50_cityscapes", None, ROOT, torch.device("cpu"))
+    task = adapter.task_for_hash(dict(cfg.task))
+    assert task["eval"] == {"max_samples": None, "num_workers": 2} and task["teacher"] == {"seed": 0, "num_workers": 2}
+    assert task["data"] == cfg.task.data  # seg's switch is spelled as its rows were hashed
+
+
+def test_stock_config_on_the_embedded_scenes_names_the_scenes_base(tmp_path, monkeypatch):
+    """A stock mmseg config without --data-root stops in the plan, before any scene is built,
+    naming the base config that reads the scenes."""
+    config = tmp_path / "stock.py"
+    config.write_text("_base_ = 'mmseg::fcn/fcn_r18-d8_4xb2-80k_cityscapes-512x1024.py'\n"
+                      "model = dict(pretrained=None)\n")
+    with pytest.raises(UserError) as err:
+        plan_of(tmp_path, monkeypatch, "--config", str(config), "--method", "fp")
+    message = str(err.value)
+    assert "configs/seg/_scenes.py" in message and "configs/seg/deeplabv3.py" in message
+    assert "CityscapesDataset" in message and "task.data.scenes=False" in message and "\n" not in message
+    assert not (tmp_path / "cache").exists()
+
+
+def test_own_dataset_without_a_folder_says_to_pass_data_root(tmp_path):
+    cfg = tiny_deeplabv3_config(data=dict(scenes=False))
+    with pytest.raises(UserError, match="data_root 'unused', which is not a folder here; pass --data-root"):
+        SegmentationAdapter(cfg, "tiny", None, tmp_path, torch.device("cpu")).check()
+
+
+@pytest.mark.parametrize("section", ["eval", "teacher"])
+def test_old_worker_key_names_the_new_one(tmp_path, section):
+    with pytest.raises(UserError, match=rf"task\.{section}\.num_workers is not a field; use task\.{section}\.workers"):
+        make_adapter(tmp_path, None, tiny_deeplabv3_config(**{section: dict(num_workers=2)}))
+
+
+def test_teacher_loader_workers_are_used_as_written_on_any_machine(adapter, monkeypatch):
+    """The teacher's augmentations draw from each worker's own stream: its worker count is the
+    config's on any machine, whatever the cores (evaluation's follows the cores)."""
+    from mmengine.runner import Runner
+
+    from zaqbench import devices
+
+    seen = []
+    monkeypatch.setattr(Runner, "train", lambda self: seen.append(self._train_dataloader["num_workers"]))
+    adapter.teacher_cfg["workers"] = 3
+    for cores in (2, 8):
+        monkeypatch.setattr(devices, "usable_cores", lambda: cores)
+        adapter.train_teacher(adapter.build_model())
+    assert seen == [3, 3]

@@ -7,16 +7,15 @@ the result row's protocol.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..adapter import TaskAdapter
-from ..errors import UserError
+from ..options import Options, build_options, hashed_fields, recorded_fields
 from ..quant import QConfig, quantize_model
 from ..registry import UNLISTED_ORDER
 
@@ -29,57 +28,41 @@ class RunContext:
     seed: int
     work_dir: Path  # this (method, bits, seed) run's own folder
     resume: bool = False
-    progress: bool = True
+    progress: bool = True  # progress bars
+    # without bars: one line on stderr as each long step starts (the commands' --no-progress); the
+    # Python API leaves it off and is silent (zaqbench.progress)
+    progress_lines: bool = False
     snapshot_iters: tuple[int, ...] = ()  # ZAQ: save the returned model at these iterations (curves)
     # The run's generator-free calibration batches (noise, real images, ZeroQ's distilled data),
     # shared by its jobs: they depend on the teacher, the method's settings and the seed, not on the
-    # bit width, so ``--bits 8,6,4`` makes them once. None: no sharing.
-    calib_cache: dict[tuple[str, str, int], list[torch.Tensor]] | None = None
+    # bit width, so ``--bits 8,6,4`` makes them once.
+    # Each entry: the batches and the seconds making them took. None: no sharing.
+    calib_cache: dict[tuple[str, str, int], tuple[list[torch.Tensor], float]] | None = None
 
 
 @dataclass
 class MethodOutput:
     model: nn.Module
     calib_data: str  # recorded in the row's protocol
-    iters: int = 0  # optimisation iterations (ZAQ loop, ZeroQ distillation)
+    iters: int = 0  # the method's iteration option as set (ZAQ-style ``iters``, ZeroQ's ``distill_iters``)
     quantized: bool = True
     not_applicable: str | None = None  # why the method cannot apply to this model: an n/a row, no score
+    # Seconds of set-up that does not depend on the bit width (the calibration batches: noise, real
+    # images, ZeroQ's distillation), made by the first job of a run that needs it and reused by the
+    # others (``RunContext.calib_cache``); ``shared_made``: this call made it (its time includes them).
+    shared_seconds: float = 0.0
+    shared_made: bool = False
+
+
+@dataclass
+class NoOptions(Options):
+    """A method without options (an empty ``methods.<name>`` section)."""
 
 
 class Method:
-    """Base: ``cfg`` holds the method's config section (unknown keys are errors)."""
-
-    options: dict[str, Any] = {}
-    # The options that can change a result, recorded in every row (``extra_metrics``, as
-    # ``cfg.<option>=<value>``) so that rows of one method with other settings can be told apart.
-    # None: all of them. Book-keeping options (checkpoint intervals, logging) are left out.
-    protocol_options: tuple[str, ...] | None = None
-    # the method trains or calibrates on real training images (a reference row, not data-free):
-    # the plan checks that the task has them before any work
-    uses_real_data: bool = False
-
-    def __init__(self, **cfg: Any) -> None:
-        unknown = sorted(set(cfg) - set(self.options))
-        if unknown:
-            raise UserError(f"unknown option(s) {unknown} for method '{self.name}'; "
-                            f"valid options: {sorted(self.options)}")
-        self.cfg = {**self.options, **cfg}
-        self.check_options()
-
-    def check_options(self) -> None:
-        """Each option has the type of its default: an int default means a positive integer
-        (batch sizes, batch and iteration counts), a float default a finite number > 0 (rates).
-        Subclasses with other kinds of options override this."""
-        for key, default in self.options.items():
-            value = self.cfg[key]
-            if isinstance(default, bool) or not isinstance(default, (int, float)):
-                continue
-            if isinstance(default, int):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise UserError(f"methods.{self.name}.{key}={value!r} is not valid; use a positive integer")
-            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value <= 0:
-                raise UserError(f"methods.{self.name}.{key}={value!r} is not valid; use a finite number > 0")
+    """Base: ``Options`` declares the method's config section ``methods.<name>`` (a dataclass of
+    :func:`zaqbench.options.option` fields; unknown keys and values a field's rule refuses are
+    errors when the method is built, i.e. when the plan is)."""
 
     name = "method"
     #: where the method's rows sit in a result table (lower first; gaps leave room for new methods)
@@ -89,10 +72,34 @@ class Method:
     #: whether the standard grid (tools/regenerate.py without --methods) runs the method
     in_default_grid: bool = True
 
+    Options: ClassVar[type] = NoOptions
+    # the method trains or calibrates on real training images (a reference row, not data-free):
+    # the plan checks that the task has them before any work
+    uses_real_data: bool = False
+
+    def __init__(self, **cfg: Any) -> None:
+        self.options = build_options(self.Options, cfg, self.section)
+        self.check()
+
+    @property
+    def section(self) -> str:
+        """The config section of the options, as error messages name it."""
+        return f"methods.{self.name}"
+
+    @property
+    def cfg(self) -> dict[str, Any]:
+        """The options as they enter the job's config hash (:func:`zaqbench.options.hashed_fields`)."""
+        return hashed_fields(self.options)
+
+    def check(self) -> None:
+        """Checks beyond the options' own rules (e.g. a batch the torchrun ranks cannot share),
+        when the method is built; raise ``UserError``."""
+
     def settings(self) -> dict[str, Any]:
-        """The protocol options with the values this method runs with."""
-        names = self.options if self.protocol_options is None else self.protocol_options
-        return {key: self.cfg[key] for key in names if key in self.cfg}  # later options at default: absent
+        """The options a row records (``recorded`` fields that are hashed), with the values this
+        method runs with, as ``cfg.<option>=<value>`` in ``extra_metrics``: rows of one method with
+        other settings can be told apart."""
+        return recorded_fields(self.options)
 
     def run(self, ctx: RunContext) -> MethodOutput:
         raise NotImplementedError

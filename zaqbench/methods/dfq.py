@@ -1,36 +1,43 @@
 """DFQ (Nagel et al., ICCV 2019) as methods: alone with noise-calibrated activations, and as
-ZAQ's starting point. The equalization, absorption and correction are in ``zaqbench.dfq``."""
+ZAQ's starting point. The equalization, absorption and correction are in ``zaqbench.quant.equalization``."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..dfq import NotApplicable, dfq_quantize
-from ..errors import UserError
-from ..quant import calibrate_activations
+from ..quant.equalization import NotApplicable, dfq_quantize
+from ..options import Options, boolean, option, positive_int
 from .base import MethodOutput, RunContext
-from .ptq import NoisePTQ
-from .zaq import ZAQ
-
-DFQ_OPTIONS = {"eq_iters": 20, "absorb_bias": True, "bias_correction": True}
+from .ptq import NoisePTQ, PTQOptions
+from .zaq import ZAQ, ZAQOptions
 
 
-def _dfq_qmodel(cfg: dict[str, Any], ctx: RunContext) -> nn.Module:
+@dataclass
+class DFQFields(Options):
+    """DFQ's own options (Nagel et al.), shared by ``dfq`` and ``dfq+zaq``."""
+
+    eq_iters: int = option(20, positive_int, help="cross-layer equalization sweeps")
+    absorb_bias: bool = option(True, boolean, help="absorb high biases into the next layer")
+    bias_correction: bool = option(True, boolean, help="correct the quantization's expected output shift")
+
+
+@dataclass
+class DFQOptions(DFQFields, PTQOptions):
+    """``methods.dfq``: DFQ, then ``ptq``'s noise calibration."""
+
+
+@dataclass
+class DFQThenZAQOptions(DFQFields, ZAQOptions):
+    """``methods.dfq+zaq``: DFQ, then ZAQ's options."""
+
+
+def _dfq_qmodel(options: DFQFields, ctx: RunContext) -> nn.Module:
     example = torch.zeros(ctx.adapter.input_spec.shape(2), device=ctx.adapter.device)
-    qmodel, _ = dfq_quantize(ctx.teacher, ctx.qconfig, example, cfg["eq_iters"], cfg["absorb_bias"],
-                             cfg["bias_correction"], ctx.work_dir)
+    qmodel, _ = dfq_quantize(ctx.teacher, ctx.qconfig, example, options.eq_iters, options.absorb_bias,
+                             options.bias_correction, ctx.work_dir)
     return qmodel
-
-
-def _check_dfq_options(cfg: dict[str, Any], section: str) -> None:
-    it = cfg["eq_iters"]
-    if not isinstance(it, int) or isinstance(it, bool) or it < 1:
-        raise UserError(f"methods.{section}.eq_iters={it!r} is not valid; use a positive integer")
-    for key in ("absorb_bias", "bias_correction"):
-        if not isinstance(cfg[key], bool):
-            raise UserError(f"methods.{section}.{key}={cfg[key]!r} is not valid; use True or False")
 
 
 class DFQ(NoisePTQ):
@@ -39,22 +46,17 @@ class DFQ(NoisePTQ):
 
     name = "dfq"
     display_order = 20
-    options = {**NoisePTQ.options, **DFQ_OPTIONS}
-
-    def check_options(self) -> None:
-        _check_dfq_options(self.cfg, self.name)
-        super().check_options()
+    Options = DFQOptions
 
     def quantize(self, ctx: RunContext) -> nn.Module:
-        return _dfq_qmodel(self.cfg, ctx)
+        return _dfq_qmodel(self.options, ctx)
 
     def run(self, ctx: RunContext) -> MethodOutput:
         try:
             qmodel = self.quantize(ctx)
         except NotApplicable as err:
             return MethodOutput(ctx.teacher, calib_data="none", not_applicable=str(err))
-        calibrate_activations(qmodel, self.calibration_batches(ctx), ctx.adapter.forward_raw)
-        return MethodOutput(qmodel.eval(), calib_data="gaussian-noise+dfq")
+        return self.calibrate(qmodel, ctx, "gaussian-noise+dfq")
 
 
 class DFQThenZAQ(ZAQ):
@@ -62,18 +64,10 @@ class DFQThenZAQ(ZAQ):
 
     name = "dfq+zaq"
     display_order = 60
-    options = {**ZAQ.options, **DFQ_OPTIONS}
-    method_only_options = (*ZAQ.method_only_options, *DFQ_OPTIONS)
-
-    def check_options(self) -> None:
-        _check_dfq_options(self.cfg, self.name)
-        super().check_options()
-
-    def settings(self) -> dict[str, Any]:
-        return {**super().settings(), **{key: self.cfg[key] for key in DFQ_OPTIONS}}
+    Options = DFQThenZAQOptions
 
     def quantize(self, ctx: RunContext) -> nn.Module:
-        return _dfq_qmodel(self.cfg, ctx)
+        return _dfq_qmodel(self.options, ctx)
 
     def run(self, ctx: RunContext) -> MethodOutput:
         try:

@@ -1,12 +1,12 @@
 """GDFQ (Xu et al., ECCV 2020) as a method; the generator, objective and trainer are in
-``zaqbench.gdfq``."""
+``zaqbench.zaq.gdfq``."""
 from __future__ import annotations
 
 import copy
 
 from .. import distributed
 from ..errors import UserError
-from ..gdfq import GDFQ_FIELDS, GDFQConfig, GDFQTrainer, logit_classes
+from ..zaq.gdfq import GDFQConfig, GDFQTrainer, logit_classes
 from .base import Method, MethodOutput, RunContext
 
 
@@ -15,17 +15,16 @@ class GDFQ(Method):
 
     name = "gdfq"
     display_order = 40
-    options = {f: getattr(GDFQConfig(), f) for f in GDFQ_FIELDS}
+    Options = GDFQConfig
 
-    def check_options(self) -> None:
-        self.gdfq_config()  # GDFQConfig checks every option's type and range when the plan is built
+    def check(self) -> None:
         if distributed.env_world_size() > 1:
             # every rank would train on the whole batch and Q's global-batch BN would sum their
             # gradients: refuse rather than run a different method than the row says
             raise UserError("methods.gdfq is not data-parallel; run it in one process (without torchrun)")
 
     def gdfq_config(self) -> GDFQConfig:
-        return GDFQConfig.from_dict(self.cfg)
+        return self.options
 
     def run(self, ctx: RunContext) -> MethodOutput:
         cfg = self.gdfq_config()

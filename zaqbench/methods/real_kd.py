@@ -1,7 +1,7 @@
-"""``real-kd`` as a method: ZAQ's Q training on real images (the trainer is ``zaqbench.real_kd``)."""
+"""``real-kd`` as a method: ZAQ's Q training on real images (the trainer is ``zaqbench.zaq.real_kd``)."""
 from __future__ import annotations
 
-from ..real_kd import RealDataTrainer
+from ..zaq.real_kd import RealDataTrainer
 from .zaq import ZAQ
 
 

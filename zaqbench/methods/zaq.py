@@ -2,13 +2,31 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import fields
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import distributed
-from ..bit_rules import WBITS_RULES, check_wbits_rules, cumulative_rule_options, options_at
-from ..engine import ZAQConfig, ZAQTrainer
+from ..options import option, option_names, recorded_fields, redefault
+from ..zaq.bit_rules import (WBITS_RULES, check_contradictions, check_wbits_rules, cumulative_rule_options, options_at,
+                             rule_list)
+from ..zaq.engine import ZAQConfig, ZAQTrainer
 from .base import Method, MethodOutput, RunContext
+
+
+@dataclass
+class ZAQOptions(ZAQConfig):
+    """``methods.zaq``: the loop's knobs (:class:`ZAQConfig`) and the bit-width rules."""
+
+    # resolved per job by ``for_bits``, so a job's hashed options hold what it runs with, never the rules
+    wbits_rules: tuple[dict[str, Any], ...] = option(
+        (), rule_list, since=2, recorded=False,
+        help="options that apply from a weight bit width up, e.g. [dict(min_wbits=6, q_prox_weight=1e-3)]")
+
+    def check_combination(self) -> None:
+        super().check_combination()
+        rules = check_wbits_rules(self.wbits_rules, set(option_names(self)) - {WBITS_RULES})
+        for options in cumulative_rule_options(rules):  # every bit width's options pass the same checks
+            replace(self, wbits_rules=(), **options)
 
 
 class ZAQ(Method):
@@ -16,49 +34,34 @@ class ZAQ(Method):
 
     name = "zaq"
     display_order = 50
-    # wbits_rules: options that apply from a weight bit width up, e.g. [dict(min_wbits=6,
-    # q_prox_weight=1e-3)]; resolved per job by ``for_bits``, so a job's hashed cfg holds the
-    # options it runs with and never the rules (bit_rules.py)
-    options = {**{f.name: getattr(ZAQConfig(), f.name) for f in fields(ZAQConfig)}, WBITS_RULES: ()}
-    protocol_options = tuple(f for f in options if f not in ("checkpoint_interval", WBITS_RULES))  # resuming gives the same Q
-    # options of this method that are not the engine's (ZAQConfig) own
-    method_only_options: tuple[str, ...] = (WBITS_RULES,)
+    Options = ZAQOptions
+    #: options this method fixes whatever the config says (an ablation's alpha=0): what it runs with
+    #: and what its rows record; the config hash keeps the config's value
     overrides: dict[str, Any] = {}
 
     def __init__(self, **cfg: Any) -> None:
-        self.explicit = dict(cfg)  # the config section as given: what a wbits rule must not contradict
         super().__init__(**cfg)
-        # options added later (ZAQConfig.LATER_FIELDS, wbits_rules) enter the hashed cfg only when set otherwise
-        self.cfg = ZAQConfig.without_later_defaults(self.cfg)
-        if not self.cfg[WBITS_RULES]:
-            del self.cfg[WBITS_RULES]
+        check_contradictions(self.options.wbits_rules, cfg, self.section)
 
-    def check_options(self) -> None:
-        # impossible values, and a global batch the torchrun ranks cannot share, fail when the
-        # plan is built, before any work
-        rules = check_wbits_rules(self.cfg.get(WBITS_RULES, ()), self.explicit, self.name,
-                                  set(self.options) - {WBITS_RULES})
-        cfg = self.zaq_config()  # ZAQConfig checks every option's type and range
-        for options in cumulative_rule_options(rules):  # and so at every bit width the rules give
-            self.zaq_config({**self.cfg, **options})
-        distributed.local_batch(cfg.batch_size, f"methods.{self.name}.batch_size")
+    def check(self) -> None:
+        # a global batch the torchrun ranks cannot share fails when the plan is built, before any work
+        distributed.local_batch(self.options.batch_size, f"{self.section}.batch_size")
 
     def for_bits(self, wbits: int, abits: int) -> "ZAQ":
-        rules = self.cfg.get(WBITS_RULES)
+        rules = self.options.wbits_rules
         if not rules:
             return self
-        cfg = {key: value for key, value in self.cfg.items() if key != WBITS_RULES}
-        return type(self)(**{**cfg, **options_at(rules, wbits)})
+        values = {name: getattr(self.options, name) for name in option_names(self.options)}
+        return type(self)(**{**values, WBITS_RULES: (), **options_at(rules, wbits)})
 
     def settings(self) -> dict[str, Any]:
         """As run: an ablation's override (alpha=0, beta=0) is what the row records."""
-        cfg = self.zaq_config()
-        return ZAQConfig.without_later_defaults({key: getattr(cfg, key) for key in self.protocol_options})
+        return recorded_fields(replace(self.options, **self.overrides))
 
-    def zaq_config(self, cfg: dict[str, Any] | None = None) -> ZAQConfig:
-        """The engine's config from this method's options (``self.cfg`` unless given)."""
-        merged = {**(self.cfg if cfg is None else cfg), **self.overrides}
-        return ZAQConfig.from_dict({k: v for k, v in merged.items() if k not in self.method_only_options})
+    def zaq_config(self) -> ZAQConfig:
+        """The engine's config: this method's options that are the loop's, with the overrides."""
+        values = {name: getattr(self.options, name) for name in option_names(ZAQConfig)}
+        return ZAQConfig(**{**values, **self.overrides})
 
     #: the loop that trains Q, and what the row's ``calib_data`` calls its images
     trainer_class: type[ZAQTrainer] = ZAQTrainer
@@ -73,6 +76,15 @@ class ZAQ(Method):
         return MethodOutput(trained, calib_data=self.calib_data, iters=cfg.iters)
 
 
+@dataclass
+class ZAQOfficialOptions(ZAQOptions):
+    """``methods.zaq-official``: the official loop's defaults."""
+
+    act_ranges: str = redefault(ZAQOptions, "act_ranges", "every-forward")
+    relation_guard: str = redefault(ZAQOptions, "relation_guard", "exact")
+    recalibrate_at_end: bool = redefault(ZAQOptions, "recalibrate_at_end", False)
+
+
 class ZAQOfficial(ZAQ):
     """ZAQ's loop as the official code runs it (with the ``zaq-code`` quantization preset): Q's
     activation ranges widen on every forward of the loop and are never recalibrated, and D_f's
@@ -83,8 +95,7 @@ class ZAQOfficial(ZAQ):
     name = "zaq-official"
     display_order = 55
     in_default_grid = False  # run by the paper config (configs/cls/resnet20_cifar10_paper.py)
-    official = {"act_ranges": "every-forward", "relation_guard": "exact", "recalibrate_at_end": False}
-    options = {**ZAQ.options, **official}
+    Options = ZAQOfficialOptions
 
 
 class ZAQNoFeature(ZAQ):

@@ -24,9 +24,11 @@ from .fake_quant import FakeQuantizer
 def _quantized_weight(layer: nn.Module) -> torch.Tensor:
     """The fake-quantized weight; without autograd (evaluation) it is cached until the
     weight changes: an in-place update moves its version counter, ``.to()`` swaps its storage
-    (new address), and a replaced weight is a different object, whatever address it reuses."""
+    (new address), and a replaced weight is a different object, whatever address it reuses.
+    A traced forward (``torch.export``, ``torch.compile``) computes it: the trace must hold the
+    quantizer, and a traced weight has no storage to key a cache on."""
     weight, quantizer = layer.weight, layer.weight_quant
-    if torch.is_grad_enabled() or not quantizer.active:
+    if torch.is_grad_enabled() or not quantizer.active or torch.compiler.is_compiling():
         return quantizer(weight)
     cached = layer.__dict__.get("_wq_cache")
     state = (weight.data_ptr(), weight.device, weight._version, quantizer.bits)

@@ -7,61 +7,64 @@ result row carries.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 from ..errors import UserError
-from .fake_quant import FULL_PRECISION_BITS, RANGE_RULES, ROUNDINGS, STES, check_bits
+from ..options import (Options, OptionError, Rule, boolean, check_keys, hashed_fields, is_number, newer_fields,
+                       one_of, option, sequence_of)
+from .fake_quant import FULL_PRECISION_BITS, RANGE_RULES, ROUNDINGS, STES
 
 A_PLACEMENTS = ("layer-input", "after-relu")
 W_RANGES = ("include-zero", "minmax")
-# Fields added after result rows existed. At their default they are left out of ``to_dict()``
-# (hashed into every row's config_hash) and of the row's settings, so rows and hashes of
-# configs that do not set them stay exactly what they were.
-LATER_FIELDS = ("a_placement", "ste", "w_range", "rounding")
+
+bit_width = Rule(lambda v: isinstance(v, int) and not isinstance(v, bool)
+                 and (2 <= v <= 8 or v in FULL_PRECISION_BITS), "2-8, or 16/32 for full precision")
 
 
 @dataclass(frozen=True)
-class QConfig:
-    wbits: int = 4
-    abits: int = 4
-    w_granularity: str = "channel"  # 'channel' | 'tensor'
-    w_symmetric: bool = True
-    a_symmetric: bool = False
-    a_range: str = "minmax"  # 'minmax' (running, only widens) | 'ema' | 'percentile' | 'mse'
-    a_momentum: float = 0.1
-    first_fp: bool = True  # keep the first quantizable layer in full precision
-    last_fp: bool = True  # keep the last quantizable layer in full precision
-    fp_layers: tuple[str, ...] = field(default_factory=tuple)  # fnmatch patterns
-    bn_fold: bool = False
+class QConfig(Options):
+    """Every choice of the quantization protocol (the config's ``quant`` section)."""
+
+    section: ClassVar[str] = "quant"
+
+    wbits: int = option(4, bit_width, help="weight bits")
+    abits: int = option(4, bit_width, help="activation bits")
+    w_granularity: str = option("channel", one_of("channel", "tensor"),
+                                help="weight ranges per output channel or tensor")
+    w_symmetric: bool = option(True, boolean, help="symmetric weight grid")
+    a_symmetric: bool = option(False, boolean, help="symmetric activation grid")
+    a_range: str = option("minmax", one_of(*RANGE_RULES[1:]),
+                          help="activation range rule: 'minmax' (running, only widens), 'ema', 'percentile', 'mse'")
+    a_momentum: float = option(0.1, Rule(lambda v: is_number(v) and 0 < v <= 1, "a momentum in (0, 1]"),
+                               help="momentum of the 'ema' range rule")
+    first_fp: bool = option(True, boolean, help="keep the first quantizable layer in full precision")
+    last_fp: bool = option(True, boolean, help="keep the last quantizable layer in full precision")
+    fp_layers: tuple[str, ...] = option((), sequence_of(lambda x: isinstance(x, str), "a list of fnmatch patterns"),
+                                        help="layers kept in full precision, as fnmatch patterns of module names")
+    bn_fold: bool = option(False, boolean, help="fold BatchNorm into the preceding convolution")
     # The official ZAQ code's quantizer (README "The official code, reproduced"):
-    a_placement: str = "layer-input"  # 'layer-input' (each quantized layer's input) | 'after-relu'
-    ste: str = "clipped"  # 'clipped' (no gradient outside the range) | 'identity' (unchanged everywhere)
-    w_range: str = "include-zero"  # weight range widened to contain 0 | 'minmax' (each channel's own)
-    rounding: str = "before-zero-point"  # torch's fused operators | 'after-zero-point' (official arithmetic)
+    a_placement: str = option("layer-input", one_of(*A_PLACEMENTS), since=2,
+                              help="'layer-input' (each quantized layer's input) | 'after-relu'")
+    ste: str = option("clipped", one_of(*STES), since=2,
+                      help="'clipped' (no gradient outside the range) | 'identity' (unchanged everywhere)")
+    w_range: str = option("include-zero", one_of(*W_RANGES), since=2,
+                          help="weight range widened to contain 0 | 'minmax' (each channel's own)")
+    rounding: str = option("before-zero-point", one_of(*ROUNDINGS), since=2,
+                           help="torch's fused operators | 'after-zero-point' (the official arithmetic)")
 
     def __post_init__(self) -> None:
-        for name in ("wbits", "abits"):
-            try:
-                check_bits(getattr(self, name), name)
-            except ValueError as err:
-                raise UserError(str(err)) from None
-        if self.w_granularity not in ("channel", "tensor"):
-            raise UserError(f"w_granularity must be 'channel' or 'tensor', got {self.w_granularity!r}")
-        if self.a_range not in RANGE_RULES[1:]:
-            raise UserError(f"a_range must be one of {', '.join(RANGE_RULES[1:])}, got {self.a_range!r}")
-        for name, valid in (("a_placement", A_PLACEMENTS), ("ste", STES), ("w_range", W_RANGES),
-                            ("rounding", ROUNDINGS)):
-            if getattr(self, name) not in valid:
-                raise UserError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
+        super().__post_init__()
+        object.__setattr__(self, "fp_layers", tuple(self.fp_layers))  # hashable, like every other field
+
+    def check_combination(self) -> None:
         if self.rounding == "after-zero-point" and (self.w_symmetric or self.a_symmetric):
-            raise UserError("rounding='after-zero-point' is the official asymmetric quantizer; "
-                            "set w_symmetric=False and a_symmetric=False with it")
+            raise OptionError("{section}.rounding='after-zero-point' is the official asymmetric quantizer; "
+                              "set {section}.w_symmetric=False and {section}.a_symmetric=False with it")
         if self.w_range == "minmax" and self.rounding != "after-zero-point":
             # torch's fused operators need the zero point on the integer grid, i.e. 0 in the range
-            raise UserError("w_range='minmax' needs rounding='after-zero-point' (torch's fused quantizer "
-                            "requires the range to contain 0)")
-        object.__setattr__(self, "fp_layers", tuple(self.fp_layers))
+            raise OptionError("{section}.w_range='minmax' needs {section}.rounding='after-zero-point' (torch's "
+                              "fused quantizer requires the range to contain 0)")
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any] | None = None, **overrides: Any) -> "QConfig":
@@ -71,11 +74,8 @@ class QConfig:
         preset = cfg.pop("preset", "default")
         if preset not in PRESETS:
             raise UserError(f"unknown quantization preset '{preset}'; valid presets: {', '.join(PRESETS)}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise UserError(f"unknown quant option(s) {unknown}; valid options: {sorted(known)}")
-        return replace(PRESETS[preset], **cfg)
+        check_keys(cls, cfg)
+        return replace(PRESETS[preset], **cfg)  # checked as it is built
 
     def with_bits(self, wbits: int, abits: int) -> "QConfig":
         return replace(self, wbits=wbits, abits=abits)
@@ -101,22 +101,16 @@ class QConfig:
             "calib_data": calib_data,
         }
 
-    def later_options(self) -> dict[str, Any]:
-        """The fields of ``LATER_FIELDS`` that differ from their defaults (recorded in the row's
-        settings as ``cfg.quant.<field>``, since the protocol columns predate them)."""
-        return {name: getattr(self, name) for name in LATER_FIELDS if getattr(self, name) != _DEFAULTS[name]}
+    def extra_settings(self) -> dict[str, Any]:
+        """The set fields of config versions after 1, which the protocol columns do not show
+        (recorded in the row's settings as ``cfg.quant.<field>``)."""
+        return newer_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields, except ``LATER_FIELDS`` at their defaults (see there)."""
-        d = asdict(self)
+        """What enters the config hash (:func:`zaqbench.options.hashed_fields`)."""
+        d = hashed_fields(self)
         d["fp_layers"] = list(self.fp_layers)
-        for name in LATER_FIELDS:
-            if d[name] == _DEFAULTS[name]:
-                del d[name]
         return d
-
-
-_DEFAULTS = {f.name: f.default for f in fields(QConfig) if f.name in LATER_FIELDS}
 
 
 PRESETS: dict[str, QConfig] = {

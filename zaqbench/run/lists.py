@@ -1,4 +1,4 @@
-"""The one comma-list parser of every command (``--bits 8,6,4``, ``--method ptq,zaq``, ``--seeds 0,1,2``):
+"""The one comma-list parser of every command (``--bits 8,6,4``, ``--methods ptq,zaq``, ``--seeds 0,1,2``):
 an empty item, an item of the wrong kind or a repeated item is one error line naming the option."""
 from __future__ import annotations
 

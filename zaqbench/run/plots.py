@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..checkpoint import load_file
 from ..errors import UserError
-from ..loss_log import read_loss_log
-from ..plots import _pyplot
-from ..runner import REPO_ROOT, default_model, run_dir_name
-from .lists import parse_list
+from ..zaq.loss_log import read_loss_log
+from .curve_plots import _pyplot
+from .runner import REPO_ROOT, default_model, run_dir_name
+from .args import OneLineParser, add_args, parse_names
 from .tables import read_rows, task_files
 
 
@@ -60,20 +61,21 @@ def plot_generated(task: str, model: str, run: Path, out: Path, n: int = 16,
     """A grid of images from the run's trained generator, denormalised with the task's input spec."""
     import torch
 
-    from ..generator import Generator
+    from ..zaq.generator import Generator
     from ..registry import build_task
-    from ..runner import config_path, default_cache_dir, load_config
+    from .runner import config_path, default_cache_dir, load_config
 
     plt = _pyplot()
     cfg = load_config(config_path(task, model, None, configs), {})
     adapter = build_task(task, cfg=cfg, model_name=model, data_root=None, cache_dir=default_cache_dir(),
                          device=torch.device("cpu"))
     spec = adapter.input_spec
-    state = torch.load(run / "generator.pth", weights_only=True)
+    remake = f"rerun the ZAQ W4A4 seed-0 run of {task}/{model} (tools/run_task.py) to write it again"
+    state = load_file(run / "generator.pth", remake=remake)
     nz = state["project.weight"].shape[1]
     channels = state["seed_bn.weight"].shape[0]
     # the head's output mode is in the run's config (no final BatchNorm: 'valid-range')
-    output = json.loads(torch.load(run / "checkpoint.pth", weights_only=True)["config"]).get("gen_output", "bn")
+    output = json.loads(load_file(run / "checkpoint.pth", remake=remake)["config"]).get("gen_output", "bn")
     gen = Generator(spec, nz=nz, channels=channels, output=output)
     gen.load_state_dict(state)
     gen.train()  # batch statistics, as when Q trained on these images (engine.calibrate / the Q step)
@@ -153,16 +155,19 @@ Without --tasks: every task with a ``<results>/<task>.csv``.
 """  # the command's --help
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(description=MAIN_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_args(p, "tasks", "results", "work_dir",
+                    tasks=dict(help="comma-separated tasks (default: every task with a CSV)"),
+                    results=dict(default=str(REPO_ROOT / "results")),
+                    work_dir=dict(default=str(REPO_ROOT / "work_dirs"), help="the run folders the plots read"))
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=MAIN_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default=None, help="comma-separated tasks (default: every task with a CSV)")
-    p.add_argument("--results", default=str(REPO_ROOT / "results"))
-    p.add_argument("--work-dir", default=str(REPO_ROOT / "work_dirs"))
-    args = p.parse_args(argv)
-    try:
-        names = parse_list(args.tasks, "--tasks", str, "cls,det") if args.tasks else None
+    args = build_parser().parse_args(argv)
+    try:  # bad input, or a run folder's file that cannot be read: one line
+        names = parse_names(args.tasks, "--tasks", "cls,det") if args.tasks else None
+        return make_plots(Path(args.results), Path(args.work_dir), names)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return make_plots(Path(args.results), Path(args.work_dir), names)
-

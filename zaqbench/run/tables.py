@@ -24,8 +24,9 @@ from typing import Callable
 import pandas as pd
 
 from ..registry import TASKS, method_label, method_order, task_title
-from ..runner import REPO_ROOT
-from ..results import COLUMNS, NOT_APPLICABLE, probe_picks, read_csv_rows, read_frame
+from .args import OneLineParser, add_args
+from .runner import REPO_ROOT
+from .results import COLUMNS, NOT_APPLICABLE, parse_deployment, probe_picks, read_csv_rows, read_frame
 
 Warn = Callable[[str], None]
 
@@ -140,6 +141,7 @@ def task_section(task: str, df: pd.DataFrame) -> str:
     lines.append("")
     lines.append("Cells: metric (% of the FP teacher of the same run); mean ± std where several seeds exist.")
     lines.append("")
+    lines += deployed_lines(df)
     protos = df[df.method != "fp"][[c for c in PROTOCOL if c in df]].drop_duplicates()
     lines.append("Protocol of the quantized rows:")
     for _, p in protos.iterrows():
@@ -153,6 +155,30 @@ def task_section(task: str, df: pd.DataFrame) -> str:
                  f"{', '.join(sorted(df['device'].unique()))}")
     lines.append("")
     return "\n".join(lines)
+
+
+def deployed_lines(df: pd.DataFrame) -> list[str]:
+    """Where rows carry a deployed value (``--deploy-eval``): per model, method and bits, the simulated
+    metric beside the metric of the exported ONNX graph, over the same rows (seeds), and how the
+    graph was run. Nothing for rows without one."""
+    info = df["extra_metrics"].fillna("").astype(str).map(parse_deployment) if "extra_metrics" in df else None
+    if info is None or not info.map(bool).any():
+        return []
+    rows = df[info.map(bool)].copy()
+    rows["deployed"] = [float(i["value"]) for i in info[info.map(bool)]]
+    rows["how"] = [f"{i.get('runtime', '?')}, {i.get('threads', '?')} thread(s) on {i.get('cpu', '?')}, opset "
+                   f"{i.get('opset', '?')}: {i.get('graph', '?')}" for i in info[info.map(bool)]]
+    digits = 3 if df["fp_value"].abs().max() <= 1 else 2
+    lines = ["Deployed (the exported ONNX graph with QDQ, scored by onnxruntime on the CPU) beside simulated "
+             "(fake quantization in torch), same rows:", "",
+             "| model | method | bits | simulated | deployed | deployed - simulated | runtime, graph |",
+             "|---|---|---|---|---|---|---|"]
+    for (model, method, bits), g in sorted(rows.groupby(["model", "method", "bits"]),
+                                           key=lambda kv: (kv[0][0], method_order(kv[0][1]), kv[0][1], kv[0][2])):
+        gap = (g["deployed"] - g["value"]).mean()
+        lines.append(f"| {model} | {method_label(method)} | {bits} | {cell(g['value'], g['fp_value'])} | "
+                     f"{cell(g['deployed'], g['fp_value'])} | {gap:+.{digits}f} | {'; '.join(sorted(set(g['how'])))} |")
+    return lines + [""]
 
 
 def rankings(df: pd.DataFrame, reference: str = "zaq") -> dict[tuple[str, str, str], tuple[float, float, str]]:
@@ -362,10 +388,12 @@ tables, the budget curves and the probe checks. Bad lines are reported and skipp
 """  # the command's --help
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=MAIN_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default=str(REPO_ROOT / "results"))
-    p.add_argument("--out", default=None, help="default: <results>/README.md; '-' prints")
-    args = p.parse_args(argv)
-    return write_tables(Path(args.results), args.out)
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(description=MAIN_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_args(p, "results", "out", results=dict(default=str(REPO_ROOT / "results")),
+                    out=dict(help="the page to write (default: <results>/README.md; '-' prints)"))
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return write_tables(Path(args.results), args.out)

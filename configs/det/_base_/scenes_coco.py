@@ -71,7 +71,7 @@ param_scheduler = [
 
 # The methods' CPU budget, shared by the scene detectors (RetinaNet, FCOS).
 default_methods = ['fp', 'ptq', 'real-ptq', 'zeroq', 'zaq', 'dfq', 'gdfq', 'dfq+zaq', 'real-kd']
-# CPU-sized schedules; every other knob keeps the core's defaults (zaqbench/engine.py ZAQConfig).
+# CPU-sized schedules; every other knob keeps the core's defaults (zaqbench/zaq/engine.py ZAQConfig).
 # generator_channels=32: at 128x128 the default 128-channel generator costs ~2 GMAC per image,
 # 13x the detector itself; 32 channels brings it to the detector's cost.
 # The stabilisers and learning rate come from configs/_base_/zaq_stable.py, unchanged: nothing
