@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_save, load_file
-from .quant.equalization import ChannelReLU6
 from .errors import UserError
 from .quant import QConfig, layer_coverage, load_quantizer_state, quantize_model, quantizer_state
+from .quant.equalization import restore_channel_relu6
 
 FORMAT = "zaqbench-quantized-model"
 VERSION = 1
@@ -49,18 +49,19 @@ def save_quantized(qmodel: nn.Module, qconfig: QConfig, path: str | Path, input_
 
 def _carry_structure(model: nn.Module, state: dict[str, torch.Tensor], qconfig: QConfig) -> None:
     """Give the FP model the structure a method added before quantizing: per-channel ReLU6
-    ceilings (``<name>.ceiling``) and biases of convolutions that had none."""
-    modules = dict(model.named_modules())
+    ceilings (DFQ's, rebuilt by the module that makes them) and biases of convolutions that had none."""
+    ceilings = {}
     for key, value in state.items():
         name, _, leaf = key.rpartition(".")
         if leaf == "ceiling":
             if qconfig.a_placement == "after-relu" and name.endswith(".relu"):
                 name = name[: -len(".relu")]  # the QuantReLU wrapper's child
-            relu = modules.get(name)
-            if isinstance(relu, nn.ReLU6) and not isinstance(relu, ChannelReLU6):
-                parent, _, attr = name.rpartition(".")
-                setattr(modules[parent] if parent else model, attr, ChannelReLU6(value.numel(), inplace=relu.inplace))
-        elif leaf == "bias" and isinstance(modules.get(name), (nn.Conv2d, nn.Linear)) and modules[name].bias is None:
+            ceilings[name] = value.numel()
+    restore_channel_relu6(model, ceilings)
+    modules = dict(model.named_modules())
+    for key, value in state.items():
+        name, _, leaf = key.rpartition(".")
+        if leaf == "bias" and isinstance(modules.get(name), (nn.Conv2d, nn.Linear)) and modules[name].bias is None:
             layer = modules[name]
             layer.bias = nn.Parameter(torch.zeros_like(value, device=layer.weight.device))
 

@@ -216,6 +216,18 @@ def per_channel_relu6(model: nn.Module, chains: list[Chain]) -> list[str]:
     return replaced
 
 
+def restore_channel_relu6(model: nn.Module, channels: dict[str, int]) -> None:
+    """Turn each ReLU6 named in ``channels`` into a :class:`ChannelReLU6` with that many channels,
+    in place, so a state dict written after equalization (with ``<name>.ceiling``) loads onto a
+    freshly built model."""
+    modules = dict(model.named_modules())
+    for name, count in channels.items():
+        relu = modules.get(name)
+        if isinstance(relu, nn.ReLU6) and not isinstance(relu, ChannelReLU6):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, ChannelReLU6(count, inplace=relu.inplace))
+
+
 @torch.no_grad()
 def equalize_chain(modules: dict[str, nn.Module], chain: Chain) -> torch.Tensor:
     """One equalization step of a chain in place; returns the scales s (C,)."""

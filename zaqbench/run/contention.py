@@ -12,6 +12,7 @@ number, only when threads sleep.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 from ..errors import UserError
 from ..options import check_value, non_negative_int, positive_int
@@ -34,9 +36,11 @@ COLUMNS = ["date", "commit", "cpu", "cores", "workload", "load", "threads", "wai
 BUSY_LOOP = "while True: pass"
 
 
-def step_function(workload: str, batch_size: int):
+@contextlib.contextmanager
+def step_function(workload: str, batch_size: int) -> Iterator[Callable[[], None]]:
     """A function that runs one step of ``workload`` on the cls default (ResNet-20, Fashion-MNIST
-    shapes), on a freshly initialised model: speed does not depend on trained weights."""
+    shapes), on a freshly initialised model: speed does not depend on trained weights. A context
+    manager, so the ZAQ trainer's temporary folder is removed when the arm ends."""
     import torch
     from torch import nn
 
@@ -48,11 +52,10 @@ def step_function(workload: str, batch_size: int):
     torch.manual_seed(0)
     args = argparse.Namespace(task="cls", model="resnet20", bits=4, batch_size=batch_size, q_steps=5, warmup=0,
                               iters=100, device="cpu", cfg_options=[])
-    if workload == "zaq":
-        context = bench_trainer(args)
-        trainer = context.__enter__()
-        return trainer.step
     with bench_trainer(args) as trainer:  # the adapter's own model and input shape
+        if workload == "zaq":
+            yield trainer.step
+            return
         model, spec = trainer.teacher, trainer.adapter.input_spec
     model.train()
     for p in model.parameters():
@@ -65,7 +68,7 @@ def step_function(workload: str, batch_size: int):
         opt.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    return step
+    yield step
 
 
 def child(workload: str, threads: int, steps: int, batch_size: int) -> float:
@@ -73,13 +76,13 @@ def child(workload: str, threads: int, steps: int, batch_size: int) -> float:
     import torch
 
     torch.set_num_threads(threads)
-    step = step_function(workload, batch_size)
-    step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
+    with step_function(workload, batch_size) as step:
         step()
-        times.append(time.perf_counter() - start)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
