@@ -42,6 +42,15 @@ def fmnist_root(tmp_path_factory) -> Path:
     return make_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
 
 
+@pytest.fixture(scope="module")
+def tiny_fashion_mnist_env(fmnist_root):
+    """``ZAQBENCH_DATA`` pointing at the tiny Fashion-MNIST look-alike for one module (scene items,
+    embedded defaults): no install needed. Modules opt in with ``pytest.mark.usefixtures``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ZAQBENCH_DATA", str(fmnist_root))
+        yield
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     """Tiny tensors run fastest on one thread, and tests never oversubscribe the CPU."""

@@ -25,6 +25,8 @@ from zaqbench.errors import UserError  # noqa: E402
 from zaqbench.zaq.features import forward_with_features  # noqa: E402
 from zaqbench.quant import QConfig, calibrate_activations, quantize_model  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("tiny_fashion_mnist_env")
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "det"
 SIZE = 64
 
@@ -60,14 +62,6 @@ def tiny_cfg(name: str = "retinanet") -> Config:
 
 def make_adapter(cfg: Config, cache_dir: Path, data_root: str | None = None) -> DetectionAdapter:
     return DetectionAdapter(cfg, "tiny", data_root, cache_dir, torch.device("cpu"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _tiny_fashion_mnist(fmnist_root):
-    """Scene items come from the conftest's tiny Fashion-MNIST look-alike (no install needed)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ZAQBENCH_DATA", str(fmnist_root))
-        yield
 
 
 @pytest.fixture(scope="module")

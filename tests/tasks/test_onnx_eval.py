@@ -22,16 +22,9 @@ from zaqbench.deploy.runtime import OrtGraph  # noqa: E402
 from zaqbench.errors import UserError  # noqa: E402
 from zaqbench.quant import QConfig, calibrate_activations, quantize_model  # noqa: E402
 
-pytestmark = pytest.mark.mm
+pytestmark = [pytest.mark.mm, pytest.mark.usefixtures("tiny_fashion_mnist_env")]
 #: deployed against simulated, at W8A8: the gaps the deployed numbers are held to
 TOLERANCE = {"bbox_mAP": 0.002, "mIoU": 0.1}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _tiny_fashion_mnist(fmnist_root):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ZAQBENCH_DATA", str(fmnist_root))
-        yield
 
 
 @pytest.fixture(scope="module")

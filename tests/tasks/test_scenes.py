@@ -15,15 +15,9 @@ from tasks.scenes import (SceneSpec, build_scenes, compose_scene, ensure_scenes,
                           scenes_key)
 from zaqbench.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("tiny_fashion_mnist_env")
+
 SMALL = SceneSpec(size=64, min_scale=12, max_scale=28)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _tiny_fashion_mnist(fmnist_root):
-    """Items come from the conftest's tiny Fashion-MNIST look-alike (no install needed)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ZAQBENCH_DATA", str(fmnist_root))
-        yield
 
 
 def _digest(root: Path) -> str:
