@@ -37,7 +37,7 @@ from ..progress import step_line
 from .results import (COLUMNS, NOT_APPLICABLE, SHARED_SECONDS, append_rows, check_writable, format_deployment,
                       format_extra_metrics, format_layer_coverage, format_settings,
                       git_commit, now_iso, read_csv_rows, resolve_output)
-from .teacher import get_teacher, teacher_cache_path
+from .teacher import get_teacher, teacher_cache_path, teacher_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FP_BITS = 32
@@ -320,7 +320,7 @@ def check_output_folder(folder: Path, option: str, what: str) -> None:
 def warn_if_teacher_cannot_be_cached(path: Path) -> None:
     """A teacher that is trained but cannot be cached still serves this run (said up front
     and again when saving fails); the next run trains it again."""
-    if path.exists():
+    if teacher_ready(path):
         return
     existing = nearest_existing(path.parent)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -337,7 +337,7 @@ def prepare_teacher(plan: Plan, args: argparse.Namespace) -> tuple[Any, dict[str
     torch.manual_seed(TEACHER_SEED)
     say(f"[zaqbench] {plan.task}/{plan.model_name}: preparing the full-precision model")
     if distributed.is_distributed() and not args.checkpoint \
-            and not teacher_cache_path(plan.adapter, plan.cache_dir, plan.task).exists():
+            and not teacher_ready(teacher_cache_path(plan.adapter, plan.cache_dir, plan.task)):
         # teacher training is one process's job (det/seg train through mmengine's Runner, whose
         # samplers and evaluators would see the process group); train it once, then rerun
         raise UserError(f"no cached teacher for {plan.task}/{plan.model_name} yet; train it once in one process "

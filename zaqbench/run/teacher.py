@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,26 @@ from ..adapter import TaskAdapter
 from ..checkpoint import SaveError, atomic_save, describe_key_mismatch, extract_state_dict, load_file
 from ..devices import pinned_threads
 from ..errors import UserError
+
+
+#: teachers of the shipped configs, trained by their own recipe (``task.teacher``) and committed, so a
+#: fresh clone's benchmark needs no training and every machine gets the teacher the committed rows used
+SHIPPED_TEACHERS = Path(__file__).resolve().parents[1] / "teachers"
+#: set to 0 to train a shipped config's teacher here instead (it lands in the cache, as any teacher)
+SHIPPED_SWITCH = "ZAQBENCH_SHIPPED_TEACHERS"
+
+
+def shipped_teacher(name: str) -> Path | None:
+    """The committed teacher file named ``name`` (same name as its cache file: same key), if any."""
+    if os.environ.get(SHIPPED_SWITCH, "1") == "0":
+        return None
+    path = SHIPPED_TEACHERS / name
+    return path if path.is_file() else None
+
+
+def teacher_ready(path: Path) -> bool:
+    """Whether the teacher whose cache file is ``path`` needs no training: cached, or shipped."""
+    return path.exists() or shipped_teacher(path.name) is not None
 
 
 def teacher_cache_path(adapter: TaskAdapter, cache_dir: Path, task: str) -> Path:
@@ -46,8 +67,14 @@ def get_teacher(adapter: TaskAdapter, task: str, cache_dir: Path, checkpoint: st
         source = str(checkpoint)
     else:
         path = teacher_cache_path(adapter, cache_dir, task)
+        shipped = shipped_teacher(path.name)
         if path.exists():
             load_weights(adapter, model, path, trust=False)
+        elif shipped is not None:
+            load_weights(adapter, model, shipped, trust=False)
+            print(f"[zaqbench] the teacher is the shipped {shipped.name} (set {SHIPPED_SWITCH}=0 to train it "
+                  "here instead)", file=sys.stderr)
+            cache(model, path)
         else:
             threads = adapter.teacher_threads if adapter.device.type == "cpu" else None  # a CPU setting
             if threads is not None:
@@ -56,9 +83,14 @@ def get_teacher(adapter: TaskAdapter, task: str, cache_dir: Path, checkpoint: st
                       file=sys.stderr)
             with pinned_threads(threads):
                 adapter.train_teacher(model)
-            try:
-                atomic_save(model.state_dict(), path)
-            except SaveError as err:  # the trained teacher still serves this run
-                print(f"warning: the trained teacher was not cached: {err}", file=sys.stderr)
+            cache(model, path)
         source = str(path)
     return model.eval(), source
+
+
+def cache(model: nn.Module, path: Path) -> None:
+    """Write the teacher to the cache, where every later run (and a Ray job) finds it."""
+    try:
+        atomic_save(model.state_dict(), path)
+    except SaveError as err:  # the teacher still serves this run
+        print(f"warning: the teacher was not cached: {err}", file=sys.stderr)
