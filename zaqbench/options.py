@@ -42,7 +42,7 @@ from typing import Any, Callable, ClassVar, Mapping, TypeVar
 from .errors import UserError
 
 #: the config version: the highest ``since`` a field may declare
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 
 T = TypeVar("T", bound="Options")
 

@@ -15,7 +15,9 @@ task = dict(
 quant = dict(preset='default')
 default_methods = ['fp', 'ptq', 'real-ptq', 'zeroq', 'zaq']
 # GPU-sized budgets (224 px inputs); reduce iters / batch sizes for a CPU try.
-zaq_imagenet = dict(iters=2000, batch_size=32, checkpoint_interval=200, calib_batches=8)
+# returned_iterate='probe': the run returns the iterate, its calibrated start included, that is closest
+# to P on BN-statistics-distilled images (a real model's start can be the best Q the run holds).
+zaq_imagenet = dict(iters=2000, batch_size=32, checkpoint_interval=200, calib_batches=8, returned_iterate='probe')
 methods = dict(
     ptq=dict(batch_size=32, calib_batches=8),
     zeroq=dict(batch_size=32, calib_batches=2, distill_iters=500),

@@ -31,6 +31,9 @@ RECIPE_CHANGES |= {f"seg/{model}:{method}" for model in ("deeplabv3", "fcn")
 # at batch 256) and now have the configs' GPU budget; no committed row was made with either
 RECIPE_CHANGES |= {f"cls/{model}:{method}" for model in ("mobilenet_v2_imagenet", "resnet18_imagenet")
                    for method in ("dfq+zaq", "gdfq")}
+# and the ImageNet configs' ZAQ-loop methods, which return the iterate closest to P on distilled probes
+RECIPE_CHANGES |= {f"cls/{model}:{method}" for model in ("mobilenet_v2_imagenet", "resnet18_imagenet")
+                   for method in ("zaq", "zaq-no-feat", "zaq-no-act")}
 
 
 def current_hashes() -> dict[str, dict[str, str]]:

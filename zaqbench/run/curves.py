@@ -94,6 +94,12 @@ def load_snapshot(plan: Plan, ctx: RunContext, job, iteration: int) -> torch.nn.
     return qmodel.eval()
 
 
+def returned_iteration(run_dir: Path, iteration: int) -> int:
+    """Which iterate the run's snapshot at ``iteration`` holds (itself unless the run selects)."""
+    state = load_file(snapshot_path(run_dir, iteration), map_location="cpu", remake=RETRAIN)
+    return int(state.get("returned_iteration", iteration))
+
+
 def evaluate_snapshot(plan: Plan, ctx: RunContext, job, iteration: int) -> dict[str, float]:
     return plan.adapter.evaluate(load_snapshot(plan, ctx, job, iteration))
 
@@ -174,6 +180,9 @@ def write_curves(plan: Plan, args: argparse.Namespace, runs: list[tuple[int, Job
             row = result_row(plan, job, seed, metrics, fp_value, result.calib_data, True, commit,
                              layer_coverage(result.model))
             row.update(iteration=it, cfg_options=";".join(args.cfg_options))
+            returned = returned_iteration(ctx.work_dir, it)
+            if returned != it:  # returned_iterate='probe' kept an earlier iterate
+                row["extra_metrics"] = ";".join(filter(None, [row["extra_metrics"], f"returned_iteration={returned}"]))
             rows.append(row)
             say(f"[zaqbench]   iteration {it:5d}: {plan.adapter.metric} = {row['value']:.4f}")
         if distributed.is_main():
