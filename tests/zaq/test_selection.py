@@ -102,3 +102,31 @@ def test_snapshots_record_the_iterate_they_hold(cls_adapter, tmp_path):
     assert returned_iteration(tmp_path, 0) == 0
     assert returned_iteration(tmp_path, 1) in (0, 1)
     assert returned_iteration(tmp_path, 3) == trainer.returned_iteration
+
+
+def test_paired_gain_counts_standard_errors_of_the_per_image_differences():
+    from zaqbench.zaq.selection import paired_gain
+
+    kept = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    assert paired_gain(torch.tensor([0.9, 1.1, 0.9, 1.1]), kept) == 0.0  # lower on half the images only
+    assert paired_gain(torch.tensor([0.5, 0.5, 0.5, 0.5]), kept) == float("inf")
+    gain = paired_gain(torch.tensor([0.8, 0.9, 0.8, 0.9]), kept)
+    assert gain == pytest.approx(0.15 / (torch.tensor([0.2, 0.1, 0.2, 0.1]).std().item() / 2))
+
+
+def test_with_a_margin_a_slightly_closer_iterate_does_not_replace_the_start():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    start = copy.deepcopy(teacher)
+    with torch.no_grad():
+        start[1].weight.add_(0.3 * torch.randn_like(start[1].weight))
+    later = copy.deepcopy(start)
+    with torch.no_grad():  # a little closer to P on average, not on every image
+        later[1].weight.mul_(0.97).add_(0.03 * teacher[1].weight + 0.05 * torch.randn_like(later[1].weight))
+    images = torch.randn(16, 12)
+    plain, strict = (ProbeSelection(teacher, images, raw, z=z) for z in (0.0, 50.0))
+    for selection in (plain, strict):
+        selection.offer(0, start)
+        selection.offer(10, later)
+    assert plain.scores[10] < plain.scores[0]
+    assert plain.best_iteration == 10 and strict.best_iteration == 0

@@ -44,6 +44,16 @@ def output_discrepancy(q_out: Any, p_out: Any) -> torch.Tensor:
     return torch.stack([F.l1_loss(q, p) for q, p in zip(q_list, p_list)]).mean()
 
 
+def output_discrepancy_per_sample(q_out: Any, p_out: Any) -> torch.Tensor:
+    """D_o of each sample, (N,): per output tensor the mean |q - p| over all but the batch dimension,
+    averaged over tensors as :func:`output_discrepancy` does (whose value is the mean of this when
+    every tensor has the batch first)."""
+    q_list, p_list = flatten_tensors(q_out), flatten_tensors(p_out)
+    if len(q_list) != len(p_list) or not q_list:
+        raise ValueError(f"P and Q produced different output structures ({len(p_list)} vs {len(q_list)} tensors)")
+    return torch.stack([(q - p).abs().flatten(1).mean(dim=1) for q, p in zip(q_list, p_list)]).mean(dim=0)
+
+
 def _pooled_4d(feat: torch.Tensor, pool_size: int) -> torch.Tensor:
     """(N, C, H, W), pooled to at most pool_size^2 positions."""
     if feat.dim() == 2:

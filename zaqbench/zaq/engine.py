@@ -113,6 +113,9 @@ class LoopConfig(Options):
     probe_images: int = option(16, positive_int, since=3, help="distilled probe images ('probe')")
     probe_distill_iters: int = option(100, positive_int, since=3, help="the probes' distillation steps ('probe')")
     probe_interval: int = option(10, positive_int, since=3, help="iterations between scored iterates ('probe')")
+    probe_z: float = option(0.0, non_negative, since=3,
+                            help="> 0 ('probe'): a later iterate replaces the kept one only if its per-image D_o "
+                                 "is lower by more than this many standard errors")
 
     def check_combination(self) -> None:
         for name, on in self.weight_space_options():
@@ -545,7 +548,8 @@ class ZAQTrainer:
         torch.set_rng_state(state["torch_rng"])
         self.iteration = int(state["iteration"])
         if self.cfg.returned_iterate == "probe":
-            self.selection = ProbeSelection(self.teacher, state["selection"]["images"], self.adapter.forward_raw)
+            self.selection = ProbeSelection(self.teacher, state["selection"]["images"], self.adapter.forward_raw,
+                                            self.cfg.probe_z)
             self.selection.load_state_dict(state["selection"])
 
     def save_checkpoint(self) -> None:
@@ -581,7 +585,8 @@ class ZAQTrainer:
                     old.unlink()
             self.calibrate(self.cfg.calib_batches)
             if self.cfg.returned_iterate == "probe":
-                self.selection = ProbeSelection(self.teacher, self.probe_images(), self.adapter.forward_raw)
+                self.selection = ProbeSelection(self.teacher, self.probe_images(), self.adapter.forward_raw,
+                                                self.cfg.probe_z)
                 self.offer_iterate()  # the calibrated start is a candidate
             self.save_snapshot()
         bar = progress_bar(self.cfg.iters, self.name, self.progress, initial=self.iteration)
