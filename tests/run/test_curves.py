@@ -166,3 +166,41 @@ def test_probe_agreement_reads_the_ranking():
     assert "d_o_initial_g: rank correlation +1.00, picks iteration 10 (91.0000)" in text
     assert "d_o_final_g: rank correlation +0.50, picks iteration 0 (90.0000)" in text
     assert text.endswith("best iteration 10 (91.0000)")
+
+
+@pytest.mark.slow
+def test_selection_replay_on_a_last_run_equals_a_probe_run(env, tmp_path):
+    """The replay of returned_iterate='probe' on a run trained with 'last' returns, at every point, the
+    iterate (and metric) that a run trained with 'probe' returns: the same loop, probes and rule."""
+    from zaqbench.run.probes import SELECTION_COLUMNS
+    from zaqbench.run.probes import main as probes
+
+    common = ["--methods", "zaq", "--seeds", "0", "--points", "0,1,2,4"]
+    probe = ["methods.zaq.probe_images=4", "methods.zaq.probe_distill_iters=2", "methods.zaq.probe_interval=2"]
+    assert run(env, *common, options=TINY + probe + ["methods.zaq.returned_iterate=last"]) == 0
+    replay_out = tmp_path / "replay.csv"
+    args = ["--task", "cls", "--model", "resnet20", "--data-root", env["root"], "--out", str(replay_out),
+            "--work-dir", env["work"], "--no-progress", *common, "--selection-z", "0,1",
+            "--cfg-options", *TINY, *probe, "methods.zaq.returned_iterate=last"]
+    assert probes(args) == 0
+    replayed = rows(replay_out)
+    assert list(replayed[0]) == SELECTION_COLUMNS and len(replayed) == 8
+
+    for z in ("0", "1"):
+        selected = tmp_path / f"selected-{z}.csv"
+        env_z = {**env, "out": selected}
+        assert run(env_z, *common, options=TINY + probe + ["methods.zaq.returned_iterate=probe",
+                                                         f"methods.zaq.probe_z={z}"]) == 0
+        curve = {r["iteration"]: r["value"] for r in rows(selected)}
+        mine = {r["iteration"]: r["value"] for r in replayed if float(r["probe_z"]) == float(z)}
+        assert {k: float(v) for k, v in mine.items()} == {k: float(v) for k, v in curve.items()}
+
+
+def test_selection_replay_refuses_runs_that_selected(env, capsys):
+    from zaqbench.run.probes import main as probes
+
+    args = ["--task", "cls", "--model", "resnet20", "--data-root", env["root"], "--work-dir", env["work"],
+            "--no-progress", "--methods", "zaq", "--points", "0,2", "--selection-z", "0",
+            "--cfg-options", *TINY, "methods.zaq.returned_iterate=probe"]
+    assert probes(args) == 2
+    assert "returned_iterate=last" in capsys.readouterr().err

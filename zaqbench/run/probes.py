@@ -9,11 +9,18 @@ metric and D_o against P on two fixed probe sets, drawn with a seed of their own
 * ``d_o_initial_g``: images of the run's own untrained generator (what Q was calibrated on);
 * ``d_o_final_g``: images of the run's generator at its end (``generator.pth``).
 
+With ``--selection-z``, it instead replays ``returned_iterate='probe'`` on a run trained with
+``'last'``: the run's own distilled probes (same seed, so the images a 'probe' run makes), every
+snapshot scored on them, and at each point the iterate the selection would return, with its metric.
+This needs a snapshot at every ``probe_interval`` up to the last point; one run then shows every
+margin ``z`` without training again.
+
 It never trains and never changes the run; the metric is read for reporting, as in the curves.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,11 +31,13 @@ import torch
 from .. import distributed
 from ..checkpoint import load_file
 from .args import OneLineParser
+from .lists import parse_list
 from .curves import RETRAIN, add_curve_args, curve_plan, load_snapshot, parse_points, snapshot_path
 from ..zaq.discrepancy import output_discrepancy
 from ..zaq.engine import ZAQTrainer
+from ..zaq.selection import ProbeSelection
 from ..errors import UserError
-from ..options import check_value, positive_int
+from ..options import check_value, non_negative, positive_int
 from ..methods import RunContext
 from .results import append_rows, check_writable, git_commit, probe_picks
 from .runner import REPO_ROOT, Plan, cli, prepare_teacher, say
@@ -46,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Reads finished runs only: the curve command's --resume, --skip-existing and --dry-run do not "
                "apply."))
     p.add_argument("--probe-batches", type=int, default=4, help="generated batches per probe set (default 4)")
+    p.add_argument("--selection-z", default=None,
+                   help="replay returned_iterate='probe' with these margins (comma-separated, e.g. 0,2) on runs "
+                        "trained with 'last'; rows to --out (default results/curves/selection_<task>_<model>.csv)")
     return p
 
 
@@ -82,6 +94,68 @@ def check_snapshots(plan: Plan, seeds: list[int], points: list[int]) -> None:
                 raise UserError(f"the run in {run_dir} has no snapshot at iteration(s) "
                                 f"{','.join(map(str, missing))} (a curve run saves one at each of its --points); "
                                 f"run {train}, then rerun this command")
+
+
+SELECTION_COLUMNS = ["task", "model", "method", "wbits", "abits", "seed", "probe_z", "iteration",
+                     "returned_iteration", "metric", "value", "last_value", "d_o_probe", "probe_images",
+                     "config_hash", "device", "commit"]
+
+
+def replay_selection(args: argparse.Namespace) -> Path:
+    """The 'probe' selection replayed on finished 'last' runs, for each margin of ``--selection-z``."""
+    points = parse_points(args.points)
+    margins = parse_list(args.selection_z, "--selection-z", float, "0,2")
+    for z in margins:
+        check_value(non_negative, z, "--selection-z")
+    out_arg, args.out = args.out, None
+    plan = curve_plan(args, points)
+    out = Path(out_arg) if out_arg else \
+        REPO_ROOT / "results" / "curves" / f"selection_{plan.task}_{plan.model_name}.csv"
+    check_writable(out, SELECTION_COLUMNS)
+    for job in plan.jobs:
+        cfg = job.method.zaq_config()
+        if cfg.returned_iterate != "last":
+            raise UserError(f"--selection-z replays the selection on runs that return their last iterate; "
+                            f"add --cfg-options methods.{job.method_name}.returned_iterate=last (as the runs had)")
+        scored = [it for it in range(0, points[-1] + 1, cfg.probe_interval)]
+        if not set(scored) <= set(points):
+            raise UserError(f"the selection scores iterations {','.join(map(str, scored))} "
+                            f"(probe_interval {cfg.probe_interval}); --points must hold each of them")
+    check_snapshots(plan, plan.seeds, points)
+    teacher, _ = prepare_teacher(plan, args)
+    commit = git_commit(config=Path(plan.cfg.filename))
+    for seed in plan.seeds:
+        for job in plan.jobs:
+            rows = replay_run(plan, job, teacher, seed, points, margins, commit)
+            append_rows(out, rows, SELECTION_COLUMNS)
+    return out
+
+
+def replay_run(plan: Plan, job, teacher: torch.nn.Module, seed: int, points: list[int], margins: list[float],
+               commit: str) -> list[dict[str, Any]]:
+    """One run's rows: for each margin and point, the iterate a 'probe' run would return and its metric."""
+    cfg = job.method.zaq_config()
+    ctx = RunContext(plan.adapter, teacher, job.qconfig, seed, plan.run_dir(job, seed), False, False)
+    trainer = ZAQTrainer(plan.adapter, teacher, job.method.quantize(ctx), cfg, ctx.work_dir, seed, progress=False)
+    images = trainer.probe_images()  # the run's own probes: the same seed, the same images
+    models = {it: load_snapshot(plan, ctx, job, it) for it in points}
+    values = {it: round(plan.adapter.evaluate(m)[plan.adapter.metric], 4) for it, m in models.items()}
+    rows = []
+    for z in margins:
+        selection = ProbeSelection(teacher, images, plan.adapter.forward_raw, z)
+        for it in points:
+            if it % cfg.probe_interval == 0:
+                selection.offer(it, models[it])
+            _, returned = selection.choose(it, copy.deepcopy(models[it]))
+            rows.append({"task": plan.task, "model": plan.adapter.model_label, "method": job.method_name,
+                         "wbits": job.wbits, "abits": job.abits, "seed": seed, "probe_z": z, "iteration": it,
+                         "returned_iteration": returned, "metric": plan.adapter.metric,
+                         "value": values[returned], "last_value": values[it],
+                         "d_o_probe": round(selection.score(models[it]), 6), "probe_images": len(images),
+                         "config_hash": job.config_hash, "device": plan.device_label(), "commit": commit})
+        say(f"[zaqbench] {job.method_name} W{job.wbits}A{job.abits} seed {seed}, z={z:g}: "
+            + ", ".join(f"{r['iteration']}->{r['returned_iteration']} ({r['value']:g})" for r in rows[-len(points):]))
+    return rows
 
 
 def run_probes(args: argparse.Namespace) -> Path:
@@ -139,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def work() -> int:
-        print(f"[zaqbench] probe rows in {run_probes(args)}", file=sys.stderr)
+        out = replay_selection(args) if args.selection_z else run_probes(args)
+        print(f"[zaqbench] probe rows in {out}", file=sys.stderr)
         return 0
 
     return cli(work, unfinished="probe row")
