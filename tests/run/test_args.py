@@ -44,7 +44,7 @@ def test_probes_take_only_the_flags_that_name_a_curve_run():
     curve, probes = flags(PARSERS["curve"]), flags(PARSERS["probes"])
     assert {"--resume", "--skip-existing", "--dry-run", "--no-plot"} <= set(curve)
     assert not {"--resume", "--skip-existing", "--dry-run", "--no-plot", "--export"} & set(probes)
-    assert set(curve) - {"--resume", "--skip-existing", "--dry-run", "--no-plot"} == set(probes) - {"--probe-batches"}
+    assert set(curve) - {"--resume", "--skip-existing", "--dry-run", "--no-plot"} == set(probes) - {"--probe-batches", "--selection-z"}
 
 
 def test_bench_takes_bit_width_lists_and_defaults_to_auto_like_every_command():
