@@ -155,8 +155,13 @@ def test_ctrl_c_cancels_the_running_jobs_and_leaves_whole_rows(ray_cluster, tmp_
                             env=grid_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     worker = wait_for(ray_cluster.marker, proc)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # say how far the driver got: its stderr names each step
+        proc.kill()
+        pytest.fail(f"the grid did not stop within 120 s of Ctrl-C; its stderr: {proc.communicate()[1]!r}")
     assert proc.returncode == 130 and "rerun the same command to resume it" in err, err
+    assert "-- ray: interrupted; cancelling 1 running job(s)" in err, err
     deadline = time.time() + 60
     while alive(worker) and time.time() < deadline:
         time.sleep(0.2)

@@ -380,6 +380,7 @@ class Scheduler:
                     self.finish(ref, self.in_flight.pop(ref))
                 self.fill()
         except KeyboardInterrupt:
+            print(f"-- ray: interrupted; cancelling {len(self.in_flight)} running job(s)", file=sys.stderr, flush=True)
             for ref in self.in_flight:  # force: the worker process exits, and with it the job
                 with contextlib.suppress(Exception):  # a cluster already gone has nothing left to cancel
                     self.ray.cancel(ref, force=True)
