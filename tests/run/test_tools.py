@@ -190,3 +190,21 @@ def test_rankings_say_whether_a_fresh_clone_reproduces_them(tmp_path):
     append_rows(tmp_path / "cls.csv", [{**row, "config_hash": "new"} for row in seeds("zaq", [80.0, 81.0, 80.5])])
     text = render(tmp_path, lambda msg: None)
     assert "| m | W4A4 | ptq | +20.00 | 0.50 | 3/3 | zaq ahead | not run (this config) |" in text
+
+
+def test_selection_replays_in_curves_get_their_own_table_not_a_curve_table(tmp_path):
+    from zaqbench.run.probes import SELECTION_COLUMNS
+
+    def srow(z, iteration, value, last, returned):
+        base = {c: "x" for c in SELECTION_COLUMNS}
+        base.update(task="seg", model="m", method="zaq", wbits=6, abits=6, seed=1, probe_z=z, iteration=iteration,
+                    returned_iteration=returned, metric="mIoU", value=value, last_value=last)
+        return base
+
+    rows = [srow(0, 0, 42.5, 42.5, 0), srow(0, 100, 41.8, 41.8, 100),  # no margin: the last iterate
+            srow(2, 0, 42.5, 42.5, 0), srow(2, 100, 42.76, 41.8, 50)]  # z = 2 keeps iterate 50
+    append_rows(tmp_path / "curves" / "selection_replay_m.csv", rows, SELECTION_COLUMNS)  # no 'probes_' prefix
+    text = render(tmp_path, lambda _: None)
+    assert "## What the distilled-probe selection returns" in text and "Budget curves" not in text
+    assert "| m | zaq | W6A6 | 1 | 0 | 42.50 | 41.80 | 41.80 (it 100) |" in text
+    assert "| m | zaq | W6A6 | 1 | 2 | 42.50 | 41.80 | 42.76 (it 50) |" in text

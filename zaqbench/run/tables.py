@@ -300,6 +300,47 @@ def probe_section(path: Path, warn: Warn) -> list[str]:
     return lines + [""]
 
 
+def curve_file_kind(path: Path) -> str:
+    """Which tool wrote a CSV of ``curves/``, read from its header rather than its name:
+    'selection' (``probe_snapshots.py --selection-z``), 'probes' (``probe_snapshots.py``) or 'curve'."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        header = set(f.readline().strip().split(","))
+    if "probe_z" in header:
+        return "selection"
+    if "d_o_initial_g" in header:
+        return "probes"
+    return "curve"
+
+
+def selection_section(path: Path, warn: Warn) -> list[str]:
+    """Selection-replay rows as one line per run and margin: the metric at iteration 0, the last
+    iterate's at the run's last point, and what the rule returns there (and which iterate)."""
+    df = read_frame(path, warn)
+    if df.empty:
+        return []
+    for column in ("probe_z", "last_value", "returned_iteration"):
+        df[column] = pd.to_numeric(df[column], errors="coerce")
+    df = df.dropna(subset=["probe_z", "last_value", "returned_iteration"])
+    if df.empty:
+        return []
+    digits = 3 if df["value"].abs().max() <= 1 else 2
+    last = int(df["iteration"].max())
+    lines = [f"### {path.stem}", "", f"`{path.name}`, metric {df['metric'].iloc[0]}, at iteration {last} unless "
+             "said otherwise.", "",
+             "| model | method | bits | seed | z | it 0 | last iterate | returned (iteration) |",
+             "|---|---|---|---|---|---|---|---|"]
+    keys = ["model", "method", "wbits", "abits", "seed", "probe_z"]
+    for (model, method, wbits, abits, seed, z), g in df.groupby(keys, sort=False):
+        g = g.drop_duplicates(subset=["iteration"], keep="last").set_index("iteration")
+        end = int(g.index.max())
+        at = f" at it {end}" if end != last else ""
+        start = _fmt(g.loc[g.index.min(), "value"], digits)
+        lines.append(f"| {model} | {method} | W{wbits}A{abits} | {seed} | {z:g} | {start} | "
+                     f"{_fmt(g.loc[end, 'last_value'], digits)}{at} | "
+                     f"{_fmt(g.loc[end, 'value'], digits)} (it {int(g.loc[end, 'returned_iteration'])}){at} |")
+    return lines + [""]
+
+
 def render(results_dir: Path, warn: Warn) -> str:
     """The whole ``README.md`` for a results folder; each bad line goes to ``warn``."""
     parts = ["# zaqbench results", "",
@@ -330,9 +371,10 @@ def render(results_dir: Path, warn: Warn) -> str:
             section = task_section(rows[0]["task"], df)  # one level below its folder's heading
             parts += [f"## {title}: `{folder}/{path.name}`", "", "#" + section if section.startswith("## ") else section]
             parts.extend(ranking_lines(df))
-    curve_files = sorted((results_dir / "curves").glob("*.csv"))
-    probes = [path for path in curve_files if path.name.startswith("probes_")]
-    curves = [path for path in curve_files if path not in probes] + \
+    kinds = {path: curve_file_kind(path) for path in sorted((results_dir / "curves").glob("*.csv"))}
+    probes = [path for path, kind in kinds.items() if kind == "probes"]
+    selections = [path for path, kind in kinds.items() if kind == "selection"]
+    curves = [path for path, kind in kinds.items() if kind == "curve"] + \
         sorted((results_dir / "ablations").glob("*.csv"))
     if curves:
         parts += ["## Budget curves and stabiliser ablations", "",
@@ -348,6 +390,12 @@ def render(results_dir: Path, warn: Warn) -> str:
                   "fixed generated probes tracks the metric; this checks it on the curve runs' snapshots.", ""]
         for path in probes:
             parts.extend(probe_section(path, warn))
+    if selections:
+        parts += ["## What the distilled-probe selection returns", "",
+                  "Written by `tools/probe_snapshots.py --selection-z` on runs that return their last iterate: "
+                  "the rule `returned_iterate='probe'` with margin `probe_z=z`, replayed on their snapshots.", ""]
+        for path in selections:
+            parts.extend(selection_section(path, warn))
     return "\n".join(parts).rstrip() + "\n"
 
 
