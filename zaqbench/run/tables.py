@@ -384,18 +384,18 @@ def render(results_dir: Path, warn: Warn) -> str:
             parts.extend(curve_section(path, path.stem, warn))
             if path.with_suffix(".png").exists():
                 parts += [f"![{path.stem}]({path.parent.name}/{path.with_suffix('.png').name})", ""]
-    if probes:
-        parts += ["## Choosing the returned iterate on generated probes", "",
-                  "A data-free choice of which snapshot a run returns can only work if D_o against P on "
-                  "fixed generated probes tracks the metric; this checks it on the curve runs' snapshots.", ""]
-        for path in probes:
-            parts.extend(probe_section(path, warn))
-    if selections:
-        parts += ["## What the distilled-probe selection returns", "",
-                  "Written by `tools/probe_snapshots.py --selection-z` on runs that return their last iterate: "
-                  "the rule `returned_iterate='probe'` with margin `probe_z=z`, replayed on their snapshots.", ""]
-        for path in selections:
-            parts.extend(selection_section(path, warn))
+    probe_checks = [
+        (probes, probe_section, "Choosing the returned iterate on generated probes",
+         "A data-free choice of which snapshot a run returns can only work if D_o against P on "
+         "fixed generated probes tracks the metric; this checks it on the curve runs' snapshots."),
+        (selections, selection_section, "What the distilled-probe selection returns",
+         "Written by `tools/probe_snapshots.py --selection-z` on runs that return their last iterate: "
+         "the rule `returned_iterate='probe'` with margin `probe_z=z`, replayed on their snapshots.")]
+    for paths, section, title, intro in probe_checks:
+        if paths:
+            parts += [f"## {title}", "", intro, ""]
+            for path in paths:
+                parts.extend(section(path, warn))
     return "\n".join(parts).rstrip() + "\n"
 
 
